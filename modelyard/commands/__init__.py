@@ -1,0 +1,1 @@
+"""Subcommands of the modelyard CLI; each module registers one."""

@@ -1,0 +1,11 @@
+"""`modelyard convert` (not implemented yet)."""
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("convert", help="convert (not implemented yet)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    raise SystemExit("modelyard convert: not implemented yet")

@@ -1,0 +1,11 @@
+"""`modelyard download` (not implemented yet)."""
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("download", help="download (not implemented yet)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    raise SystemExit("modelyard download: not implemented yet")

@@ -1,0 +1,11 @@
+"""`modelyard plan` (not implemented yet)."""
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("plan", help="plan (not implemented yet)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    raise SystemExit("modelyard plan: not implemented yet")

@@ -1,0 +1,11 @@
+"""`modelyard validate` (not implemented yet)."""
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("validate", help="validate (not implemented yet)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    raise SystemExit("modelyard validate: not implemented yet")
