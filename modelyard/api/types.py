@@ -1,0 +1,227 @@
+"""The `Model` resource (modelyard.io/v1alpha1) as typed Python models.
+
+This module is the one source of truth: the CRD schema in ``crds/`` is generated from it
+(``modelyard.api.crd``), and ``modelyard validate`` checks specs with it offline. Every field has
+a description (it becomes ``kubectl explain`` text). Cross-field rules are CEL expressions in
+``RULES`` attached to the class they apply to; they go into the CRD as
+``x-kubernetes-validations`` and are evaluated offline with the same text.
+"""
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+GROUP = "modelyard.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "Model"
+PLURAL = "models"
+SINGULAR = "model"
+
+Format = Literal["auto", "safetensors", "pytorch", "torchscript", "gguf", "onnx"]
+Precision = Literal["auto", "float32", "float16", "bfloat16", "fp8", "int8", "int4"]
+Engine = Literal["auto", "vllm", "accelerate"]
+QUANTIZED = ("fp8", "int8", "int4")
+
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+URI = r"^(hf://[^/\s]+/[^/\s]+|s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/\S*)?|https?://\S+|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/\S*)?|file://\S+)$"
+QUANTITY = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|K|M|G|T|P|E|m)?$"
+# A GPU memory size ("80GiB", "24GB", "80Gi") or a resource profile name ("nvidia-a100-80gb").
+GPU_MEMORY = r"^([0-9]+(\.[0-9]+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB|Ki|Mi|Gi|Ti)|[a-z0-9]([-a-z0-9]*[a-z0-9])?)$"
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_.-]*$"
+LABEL_KEY = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+
+
+class _Base(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+    # CEL rules (rule, message) checked on this object; they land in the CRD as
+    # x-kubernetes-validations and are evaluated offline by modelyard.api.validate.
+    RULES: ClassVar[tuple[tuple[str, str], ...]] = ()
+
+
+class SecretRef(_Base):
+    """A Secret in the Model's namespace whose keys become environment variables of the step."""
+
+    name: str = Field(
+        description="Name of the Secret. Its keys are passed as environment variables "
+        "(e.g. HF_TOKEN, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, MODELYARD_HTTP_TOKEN).",
+        pattern=DNS_SUBDOMAIN,
+        max_length=253,
+    )
+
+
+class Source(_Base):
+    """Where the weights come from."""
+
+    uri: str = Field(
+        description="hf://org/repo, s3://bucket/prefix, http(s)://host/path (a file or a .tar/.tar.gz/.zip), "
+        "pvc://claim/path, or file:///path (local mode only).",
+        pattern=URI,
+        max_length=2048,
+    )
+    revision: str | None = Field(
+        None,
+        description="Branch, tag or commit (hf://). The resolved commit is recorded in status.source.resolvedRevision.",
+        max_length=255,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._/\-]*$",
+    )
+    secret_ref: SecretRef | None = Field(None, description="Credentials for the source, from a Secret.")
+    include: list[str] = Field(
+        default_factory=list,
+        description="Glob patterns of files to fetch (all files when empty), e.g. '*.safetensors'.",
+        max_length=64,
+    )
+
+    RULES: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("!has(self.revision) || self.uri.startsWith('hf://')", "revision is only supported for hf:// sources"),
+    )
+
+
+class Adapter(_Base):
+    """A LoRA adapter served beside the base model under its own name."""
+
+    name: str = Field(
+        description="Name the adapter is served under (the `model` field of a request). DNS-1123 label.",
+        pattern=DNS_LABEL,
+        max_length=63,
+    )
+    uri: str = Field(description="Where the adapter comes from; same schemes as source.uri.", pattern=URI, max_length=2048)
+    revision: str | None = Field(None, description="Branch, tag or commit (hf://).", max_length=255)
+    secret_ref: SecretRef | None = Field(None, description="Credentials for the adapter's source.")
+    merge: bool = Field(False, description="Merge the adapter into the base weights at convert time instead of serving it separately.")
+
+
+class EnvVar(_Base):
+    """An environment variable for the serving container."""
+
+    name: str = Field(description="Variable name.", pattern=ENV_NAME, max_length=255)
+    value: str = Field("", description="Variable value. Use a Secret (source.secretRef) for credentials.", max_length=4096)
+
+
+class Serving(_Base):
+    """How the model is served."""
+
+    max_model_len: int | None = Field(
+        None, description="Maximum context length (prompt + completion). Default: the largest that fits, capped by the model.",
+        ge=16, le=10_000_000,
+    )
+    port: int = Field(8000, description="Port of the OpenAI-compatible HTTP server.", ge=1024, le=65535)
+    args: list[str] = Field(default_factory=list, description="Extra engine arguments, appended after modelyard's own.", max_length=64)
+    env: list[EnvVar] = Field(default_factory=list, description="Extra environment variables for the serving container.", max_length=64)
+
+
+class Resources(_Base):
+    """CPU/memory requests and limits for the serving container (GPUs come from spec.gpus)."""
+
+    requests: dict[str, str] = Field(default_factory=dict, description="Resource requests, e.g. {cpu: '4', memory: 32Gi}.")
+    limits: dict[str, str] = Field(default_factory=dict, description="Resource limits, e.g. {memory: 64Gi}.")
+
+
+class Toleration(_Base):
+    """A Kubernetes toleration for the serving pods (e.g. for tainted GPU nodes)."""
+
+    key: str | None = Field(None, description="Taint key the toleration applies to; empty matches all keys with operator Exists.", max_length=316)
+    operator: Literal["Exists", "Equal"] = Field("Equal", description="Exists or Equal.")
+    value: str | None = Field(None, description="Taint value the toleration matches (operator Equal).", max_length=63)
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(None, description="Taint effect to match; empty matches all.")
+    toleration_seconds: int | None = Field(None, description="How long a NoExecute taint is tolerated.", ge=0)
+
+
+class Cache(_Base):
+    """Where downloaded and converted weights live."""
+
+    storage_class_name: str | None = Field(None, description="StorageClass of the cache PVC <name>-cache (cluster default when empty).", max_length=253)
+    size: str = Field("50Gi", description="Size of the cache PVC.", pattern=QUANTITY)
+    access_mode: Literal["ReadWriteOnce", "ReadWriteMany", "ReadOnlyMany"] = Field(
+        "ReadWriteOnce", description="Access mode of the cache PVC. Several replicas on different nodes need ReadWriteMany."
+    )
+    claim_name: str | None = Field(
+        None, description="Use this existing (shared) PVC instead of creating <name>-cache.", pattern=DNS_SUBDOMAIN, max_length=253
+    )
+
+
+class Planner(_Base):
+    """How the fit check is applied."""
+
+    enforce: bool = Field(True, description="Stop (phase Failed, no weights downloaded) when the plan says the model does not fit.")
+
+
+class ModelSpec(_Base):
+    """The desired state of a served model."""
+
+    source: Source = Field(description="Where the weights come from.")
+    format: Format = Field("auto", description="Format of the weights at the source; auto detects it from the files.")
+    precision: Precision = Field("auto", description="Precision to serve at; fp8/int8/int4 quantize (convert step or bitsandbytes at load).")
+    engine: Engine = Field("auto", description="Serving engine; auto picks from the plan (vllm on GPUs, accelerate otherwise).")
+    gpus: int = Field(0, description="GPUs per replica; 0 serves on CPU. More than one shards the model (tensor parallel).", ge=0, le=64)
+    gpu_memory: str | None = Field(
+        None, description="Memory of one GPU (e.g. 80GiB) or a resource profile name (e.g. nvidia-a100-80gb); used by the planner.",
+        pattern=GPU_MEMORY, max_length=64,
+    )
+    gpu_resource: str = Field("nvidia.com/gpu", description="Extended resource name that requests GPUs.", pattern=LABEL_KEY, max_length=253)
+    adapters: list[Adapter] = Field(default_factory=list, description="LoRA adapters served beside the base model.", max_length=32)
+    replicas: int = Field(1, description="Serving replicas.", ge=0, le=100)
+    serving: Serving = Field(default_factory=Serving, description="How the model is served.")
+    resources: Resources = Field(default_factory=Resources, description="CPU/memory for the serving container.")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the serving pods must match.")
+    tolerations: list[Toleration] = Field(default_factory=list, description="Tolerations for the serving pods.", max_length=32)
+    cache: Cache = Field(default_factory=Cache, description="Where weights are cached.")
+    planner: Planner = Field(default_factory=Planner, description="How the fit check is applied.")
+
+    RULES: ClassVar[tuple[tuple[str, str], ...]] = (
+        (
+            "self.adapters.all(a, self.adapters.exists_one(b, b.name == a.name))",
+            "adapter names must be unique",
+        ),
+        (
+            "!(self.format == 'onnx' && self.precision in ['fp8', 'int8', 'int4'])",
+            "quantized precisions (fp8, int8, int4) cannot be combined with format onnx",
+        ),
+        (
+            "!(self.engine == 'accelerate' && self.precision == 'fp8')",
+            "precision fp8 needs engine vllm (or auto); the accelerate engine quantizes only int8/int4",
+        ),
+        (
+            "!(self.engine == 'accelerate' && self.precision in ['int8', 'int4'] && self.gpus == 0)",
+            "int8/int4 on the accelerate engine use bitsandbytes and need gpus >= 1",
+        ),
+        (
+            "!(self.gpus == 0 && has(self.gpuMemory))",
+            "gpuMemory only applies when gpus >= 1",
+        ),
+    )
+
+
+class ModelMeta(_Base):
+    """The parts of metadata modelyard reads."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True)
+    name: str = Field(
+        description="Name of the Model; also the name of its Deployment and Service (a DNS-1035 label).",
+        pattern=r"^[a-z]([-a-z0-9]*[a-z0-9])?$", max_length=52,
+    )
+    namespace: str | None = Field(None, description="Namespace.", pattern=DNS_LABEL, max_length=63)
+
+
+class Model(_Base):
+    """A model to deploy: weights, format, precision, engine, GPUs, adapters."""
+
+    api_version: Literal["modelyard.io/v1alpha1"] = Field(description="modelyard.io/v1alpha1")
+    kind: Literal["Model"] = Field(description="Model")
+    metadata: ModelMeta = Field(description="Standard object metadata.")
+    spec: ModelSpec = Field(description="Desired state.")
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True)
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    @property
+    def namespace(self) -> str:
+        return self.metadata.namespace or "default"
