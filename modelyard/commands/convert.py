@@ -1,11 +1,68 @@
-"""`modelyard convert` (not implemented yet)."""
+"""`modelyard convert`: weights in any supported format → a verified Hugging Face safetensors folder.
+
+The operator's convert Job runs exactly this command; ``modelyard up`` runs it locally. See
+docs/convert.md for formats, precisions and the output layout.
+"""
 from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+TERMINATION_LIMIT = 4096
 
 
 def register(sub) -> None:
-    p = sub.add_parser("convert", help="convert (not implemented yet)")
+    p = sub.add_parser("convert", help="convert/quantize weights into a Hugging Face safetensors folder",
+                       description="Convert safetensors, PyTorch, TorchScript or GGUF weights into a verified Hugging Face "
+                                   "safetensors folder; optionally cast, quantize (llmcompressor) or merge LoRA adapters.")
+    p.add_argument("--input", required=True, type=Path, help="input folder or file")
+    p.add_argument("--output", required=True, type=Path, help="output folder (written atomically)")
+    p.add_argument("--format", default="auto", choices=("auto", "safetensors", "pytorch", "torchscript", "gguf"))
+    p.add_argument("--precision", default="auto", choices=("auto", "float32", "float16", "bfloat16", "fp8", "int8", "int4"))
+    p.add_argument("--config", type=Path, help="config.json of the Hugging Face architecture (required for TorchScript)")
+    p.add_argument("--merge-adapter", action="append", default=[], metavar="DIR", dest="adapters",
+                   help="LoRA adapter folder to merge into the weights (repeatable)")
+    p.add_argument("--scheme", choices=("W8A8", "W4A16", "FP8_DYNAMIC"), help="quantization scheme (default from --precision)")
+    p.add_argument("--calibration-dataset", dest="calibration", metavar="NAME_OR_PATH",
+                   help="calibrate with GPTQ on this .jsonl/.txt file or dataset (otherwise calibration-free)")
+    p.add_argument("--termination-log", type=Path, help="write the result or error as one JSON object here")
+    p.add_argument("--engine", default="vllm", choices=("vllm", "accelerate"), help="the engine that will serve the output")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    raise SystemExit("modelyard convert: not implemented yet")
+    from modelyard.runtime.convert import Request, convert
+    from modelyard.runtime.errors import ConvertError
+
+    req = Request(input=args.input, output=args.output, format=args.format, precision=args.precision,
+                  config=args.config, adapters=list(args.adapters), scheme=args.scheme,
+                  calibration=args.calibration, engine=args.engine)
+    try:
+        result = convert(req)
+    except ConvertError as exc:
+        print(f"modelyard convert: {exc.reason}: {exc.message}", file=sys.stderr)
+        _terminate(args.termination_log, exc.termination_message())
+        return 1
+    except Exception as exc:  # unexpected: still leave the operator a readable reason
+        _terminate(args.termination_log, {"error": {"reason": "ConvertFailed", "message": f"{type(exc).__name__}: {exc}"}})
+        raise
+    print(json.dumps(result))
+    _terminate(args.termination_log, result)
+    return 0
+
+
+def _terminate(path: Path | None, message: dict) -> None:
+    if path is None:
+        return
+    text = json.dumps(message)
+    if len(text.encode()) > TERMINATION_LIMIT:
+        if "error" in message:
+            err = message["error"]
+            text = json.dumps({"error": {"reason": err["reason"], "message": err["message"][:TERMINATION_LIMIT - 200] + "..."}})
+        else:
+            slim = {k: message[k] for k in ("output", "files", "bytes") if k in message}
+            slim["recipe"] = {k: v for k, v in message.get("recipe", {}).items() if k != "adapters"}
+            text = json.dumps(slim)[:TERMINATION_LIMIT]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)

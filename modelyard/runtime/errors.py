@@ -1,0 +1,23 @@
+"""Errors raised by the runtime steps (download, convert, serve).
+
+Each carries a CamelCase ``reason`` (what the operator shows in a condition) and a ``message``
+a user can act on. ``termination_message()`` is the JSON the Job writes to its termination log.
+Keep this module tiny and additive: each step adds its own subclass here.
+"""
+from __future__ import annotations
+
+
+class RuntimeStepError(Exception):
+    """A step failed for a reason the user can act on."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+    def termination_message(self) -> dict:
+        return {"error": {"reason": self.reason, "message": self.message}}
+
+
+class ConvertError(RuntimeStepError):
+    """`modelyard convert` failed: bad input, unsupported format, failed verification."""
