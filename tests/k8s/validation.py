@@ -76,8 +76,10 @@ def _message(err: jsonschema.ValidationError) -> list[Error]:
     if kw == "additionalProperties" and isinstance(v, dict):
         known = set((err.schema.get("properties") or {}))
         return [(_path([*err.absolute_path, k]), "field not declared in schema") for k in v if k not in known]
+    if kw == "type":
+        wanted = arg if isinstance(arg, str) else arg[0]
+        return [(path, f"Invalid value: {_fmt(v)}: {path} in body must be of type {wanted}: {_fmt(v)}")]
     wording = {
-        "type": f"must be of type {arg if isinstance(arg, str) else arg[0]}",
         "minimum": f"should be greater than or equal to {arg}",
         "maximum": f"should be less than or equal to {arg}",
         "exclusiveMinimum": f"should be greater than {arg}",
@@ -202,4 +204,5 @@ def validate_schema(schema: dict, obj: dict, old: dict | None = None) -> list[Er
 def validate_against_crd(crd: dict, obj: dict, old: dict | None = None) -> list[Error]:
     """[(field_path, message)] for `obj` against the CRD version named by its apiVersion."""
     version = str(obj.get("apiVersion", "")).rpartition("/")[2] or None
-    return validate_schema(version_schema(crd, version), obj, old)
+    schema = version_schema(crd, version)
+    return validate_schema(schema, apply_defaults(schema, copy.deepcopy(obj)), old)
