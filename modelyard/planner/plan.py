@@ -1,0 +1,188 @@
+"""``plan()``: from config.json, precision, engine and hardware to a Plan."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from modelyard.planner import advice
+from modelyard.planner.config import Cfg, text_view
+from modelyard.planner.errors import PlanError
+from modelyard.planner.fit import Ask, Fit, fit_for
+from modelyard.planner.kvcache import kv_bytes_per_token, sliding_window_note
+from modelyard.planner.memory import DEFAULT_HOST_MEMORY
+from modelyard.planner.params import layout_for
+from modelyard.planner.precision import (
+    kv_dtype_bytes, resolve_precision, scheme_for, weight_bytes,
+)
+from modelyard.planner.result import Plan
+from modelyard.planner.sizes import PROFILES, format_bytes, parse_bytes
+
+ENGINES = ("auto", "vllm", "accelerate")
+DEFAULT_PROFILE = "nvidia-a100-80gb"
+INDEX_TOLERANCE = 0.02
+# Architectures vLLM serves (vllm/model_executor/models/registry.py, text generation).
+VLLM_ARCHITECTURES = frozenset({
+    "LlamaForCausalLM", "MistralForCausalLM", "MixtralForCausalLM", "Qwen2ForCausalLM",
+    "Qwen2MoeForCausalLM", "Qwen3ForCausalLM", "Qwen3MoeForCausalLM", "GemmaForCausalLM",
+    "Gemma2ForCausalLM", "Gemma3ForCausalLM", "Phi3ForCausalLM", "PhiForCausalLM",
+    "GPT2LMHeadModel", "GPTNeoXForCausalLM", "FalconForCausalLM", "DeepseekV2ForCausalLM",
+    "DeepseekV3ForCausalLM", "GraniteForCausalLM", "GPTJForCausalLM", "GPTBigCodeForCausalLM",
+    "OPTForCausalLM", "BloomForCausalLM", "StableLmForCausalLM", "Starcoder2ForCausalLM",
+    "OlmoForCausalLM", "Olmo2ForCausalLM", "CohereForCausalLM", "InternLM2ForCausalLM",
+})
+# vLLM's --max-lora-rank choices (vllm/config/lora.py).
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def _gpu_memory(gpu_memory: int | str | None, gpus: int) -> tuple[int, list[str]]:
+    if gpu_memory is not None:
+        return parse_bytes(gpu_memory, "gpuMemory"), []
+    if gpus == 0:
+        return 0, []
+    return PROFILES[DEFAULT_PROFILE], [
+        f"gpuMemory not given: assumed {DEFAULT_PROFILE} "
+        f"({format_bytes(PROFILES[DEFAULT_PROFILE])} per GPU); pass --gpu-memory or spec.gpuMemory"
+    ]
+
+
+def _host_memory(memory: int | str | None, gpus: int) -> tuple[int, list[str]]:
+    if memory is not None:
+        return parse_bytes(memory, "memory"), []
+    if gpus:
+        return DEFAULT_HOST_MEMORY, []
+    return DEFAULT_HOST_MEMORY, [
+        f"memory not given: assumed {format_bytes(DEFAULT_HOST_MEMORY)} of host RAM; pass --memory"
+    ]
+
+
+def _engine(engine: str, gpus: int, c: Cfg, precision: str) -> str:
+    if engine not in ENGINES:
+        raise PlanError(f"engine: {engine!r} is not one of {', '.join(ENGINES)}")
+    if engine != "auto":
+        return engine
+    servable = c.architecture in VLLM_ARCHITECTURES or not c.architecture
+    if gpus >= 1 and servable:
+        return "vllm"
+    if gpus == 0 and precision == "fp8":
+        return "vllm"  # fp8 has no accelerate path; scheme_for explains if unsupported
+    return "accelerate"
+
+
+def _cross_check(total: Any, computed: int, native: bool) -> tuple[int, list[str]]:
+    """The index's metadata.total_size is the checkpoint's real size: trust the larger."""
+    if not native or not isinstance(total, int) or total <= 0:
+        return computed, []
+    if abs(total - computed) <= INDEX_TOLERANCE * computed:
+        return computed, []
+    return max(total, computed), [
+        f"model.safetensors.index.json total_size {format_bytes(total)} differs from the "
+        f"computed {format_bytes(computed)}; planned with {format_bytes(max(total, computed))}"
+    ]
+
+
+def _lora_bytes(lay, rank: int | None) -> tuple[int, list[str]]:
+    if not rank:
+        return 0, []
+    slot = next((r for r in LORA_RANKS if r >= rank), rank)
+    return lay.lora_params(slot) * 2, [f"one LoRA slot of rank {slot} on every Linear layer"]
+
+
+def plan(
+    config: dict, *, precision: str = "auto", engine: str = "auto", gpus: int = 0,
+    gpu_memory: int | str | None = None, max_model_len: int | None = None,
+    index: dict | None = None, adapters_max_rank: int | None = None,
+    memory: int | str | None = None,
+) -> Plan:
+    """Plan how to load ``config`` (a parsed config.json) on ``gpus`` GPUs (0 = CPU)."""
+    kwargs = dict(config=config, precision=precision, engine=engine, gpus=gpus,
+                  gpu_memory=gpu_memory, max_model_len=max_model_len, index=index,
+                  adapters_max_rank=adapters_max_rank, memory=memory)
+    result, base = _plan(**kwargs)
+    if not result.fits:
+        best, others = advice.suggest(result, kwargs, lambda **kw: _plan(**kw)[0], base)
+        result.suggestion = best
+        if best:
+            result.reason += f". Smallest change that fits: {best}"
+            if others:
+                result.reason += f". Also fits: {'; '.join(others)}"
+        else:
+            result.reason += ". Nothing tried fits (up to 8 GPUs at int4)"
+    return result
+
+
+def _check_args(gpus: Any, max_model_len: Any) -> None:
+    if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0:
+        raise PlanError(f"gpus: {gpus!r} must be a whole number ≥ 0")
+    if max_model_len is not None and (isinstance(max_model_len, bool)
+                                      or not isinstance(max_model_len, int) or max_model_len < 1):
+        raise PlanError(f"maxModelLen: {max_model_len!r} must be a whole number ≥ 1")
+
+
+def _plan(*, config, precision, engine, gpus, gpu_memory, max_model_len, index,
+          adapters_max_rank, memory) -> tuple[Plan, dict]:
+    _check_args(gpus, max_model_len)
+    data, notes = text_view(config if isinstance(config, dict) else {})
+    c = Cfg(data if isinstance(config, dict) else config)
+    lay, more = layout_for(c)
+    notes += more
+    prec, pre, more = resolve_precision(precision, c)
+    notes += more
+    eng = _engine(engine, gpus, c, prec)
+    quant = scheme_for(prec, eng, pre)
+    computed = weight_bytes(lay, "bfloat16" if quant else prec, quant)
+    total = ((index or {}).get("metadata") or {}).get("total_size")
+    wbytes, more = _cross_check(total, computed, native=precision == "auto" or pre is not None)
+    notes += more
+    gpu_mem, more = _gpu_memory(gpu_memory, gpus)
+    notes += more
+    host_mem, more = _host_memory(memory, gpus)
+    notes += more
+    lora, more = _lora_bytes(lay, adapters_max_rank)
+    notes += more + sliding_window_note(c)
+    mpe = c.get("max_position_embeddings")
+    if not isinstance(mpe, int) or mpe < 1:
+        if max_model_len is None:
+            raise PlanError(f"{c.source}: missing 'max_position_embeddings'; pass maxModelLen")
+        mpe = max_model_len
+    cap = min(max_model_len, mpe) if max_model_len else mpe
+    if max_model_len and max_model_len > mpe:
+        notes.append(f"maxModelLen {max_model_len} is above the model's "
+                     f"max_position_embeddings {mpe}; capped")
+    kv_dtype = kv_dtype_bytes(prec)
+    ask = Ask(c, wbytes, kv_dtype, kv_dtype, gpus, gpu_mem, host_mem, cap,
+              max_model_len is not None, lora)
+    fit = fit_for(eng, ask)
+    tp = gpus if eng == "vllm" and gpus > 1 else 1
+    result = Plan(
+        architecture=c.architecture or c.model_type, family=lay.family,
+        parameters=lay.parameters, weight_bytes=wbytes,
+        kv_cache_bytes_per_token=kv_bytes_per_token(c, kv_dtype, eng),
+        engine=eng, precision=prec, quantization=quant.label if quant else None, gpus=gpus,
+        gpu_memory_bytes=gpu_mem, tensor_parallel_size=tp, per_gpu_bytes=fit.per_gpu_bytes,
+        max_model_len=fit.max_model_len, max_position_embeddings=mpe, fits=fit.fits,
+        reason=_reason(fit, eng, gpus, gpu_mem, wbytes), max_memory=fit.max_memory
+        if eng == "accelerate" else None, offload=fit.offload,
+        host_memory_bytes=host_mem, host_bytes=fit.host_bytes, kv_cache_bytes=fit.kv_cache_bytes,
+        kv_cache_tokens=fit.kv_tokens, overhead_bytes=fit.overhead_bytes,
+        assumptions=notes + fit.notes,
+    )
+    return result, {"prequantized": pre is not None}
+
+
+def _reason(fit: Fit, engine: str, gpus: int, gpu_mem: int, wbytes: int) -> str:
+    where = (f"{gpus}× {format_bytes(gpu_mem)} GPU" if gpus else "CPU") + f" with {engine}"
+    if not fit.fits:
+        short = f" (short by {format_bytes(fit.short_by)}" + (" per GPU)" if gpus and
+                                                             "host" not in fit.problem else ")")
+        return f"does not fit on {where}: {fit.problem}" + (short if fit.short_by > 0 else "")
+    text = f"fits on {where}: weights {format_bytes(wbytes)}, maxModelLen {fit.max_model_len}"
+    if gpus:
+        text += f", {format_bytes(fit.per_gpu_bytes)} per GPU"
+        if engine == "vllm" and fit.kv_tokens:
+            seqs = math.floor(fit.kv_tokens / max(fit.max_model_len, 1) * 10) / 10
+            text += f"; KV cache holds {fit.kv_tokens} tokens ({seqs:g}× maxModelLen)"
+    else:
+        text += f", {format_bytes(fit.host_bytes)} of host memory"
+    if fit.offload:
+        text += "; offloads weights to CPU"
+    return text
