@@ -17,6 +17,7 @@ from modelyard.runtime.convert.cast import needs_cast, target_dtype
 from modelyard.runtime.convert.detect import Detected, detect
 from modelyard.runtime.convert.quantize import QUANT_PRECISIONS, recipe_for
 from modelyard.runtime.convert.stream import write_weights
+from modelyard.runtime.convert.writer import MAX_SHARD_BYTES
 from modelyard.runtime.convert.verify import check_quantized, verify
 from modelyard.runtime.errors import ConvertError
 
@@ -39,6 +40,7 @@ class Request:
     scheme: str | None = None
     calibration: str | None = None
     engine: str = "vllm"
+    max_shard_bytes: int = MAX_SHARD_BYTES
 
 
 def convert(req: Request, log=None) -> dict:
@@ -91,14 +93,14 @@ def _build(req: Request, found: Detected, recipe: dict, partial: Path, log) -> N
     _copy_side_files(found.root, partial, req.config)
     dtype = target_dtype(req.precision)
     if recipe["scheme"] is None and not req.adapters:
-        expected = write_weights(found, partial, dtype)
+        expected = write_weights(found, partial, dtype, req.max_shard_bytes)
         _set_config_dtype(partial, dtype)
         verify(partial, expected)
         return
     stage = partial / ".stage"
     stage.mkdir()
     _copy_side_files(found.root, stage, req.config)
-    write_weights(found, stage, dtype)
+    write_weights(found, stage, dtype, req.max_shard_bytes)
     _set_config_dtype(stage, dtype)
     _load_transform_save(req, recipe, stage, partial, dtype, log)
     shutil.rmtree(stage)
@@ -125,9 +127,9 @@ def _load_transform_save(req: Request, recipe: dict, stage: Path, partial: Path,
 
         log(f"quantizing with llmcompressor {recipe['modifier']} {recipe['scheme']}")
         with torch.no_grad():
-            quantize(model, tokenizer, recipe, partial, req.calibration)
+            quantize(model, tokenizer, recipe, partial, req.calibration, req.max_shard_bytes)
     else:
-        model.save_pretrained(str(partial), max_shard_size="5GB")
+        model.save_pretrained(str(partial), max_shard_size=req.max_shard_bytes)
     for name in SIDE_FILES:
         if (stage / name).is_file() and not (partial / name).exists():
             shutil.copy2(stage / name, partial / name)

@@ -29,7 +29,7 @@ def recipe_for(precision: str, scheme: str | None, calibration: str | None) -> d
             "targets": "Linear", "ignore": ["lm_head"]}
 
 
-def quantize(model, tokenizer, recipe: dict, out: Path, calibration: str | None) -> None:
+def quantize(model, tokenizer, recipe: dict, out: Path, calibration: str | None, max_shard_bytes: int) -> None:
     """Quantize ``model`` in place and save the compressed checkpoint (and tokenizer) to ``out``."""
     from llmcompressor import oneshot
     from llmcompressor.modifiers.quantization import GPTQModifier, QuantizationModifier
@@ -48,7 +48,7 @@ def quantize(model, tokenizer, recipe: dict, out: Path, calibration: str | None)
         raise
     except Exception as exc:
         raise ConvertError("QuantizationFailed", f"llmcompressor {recipe['modifier']} {recipe['scheme']} failed: {type(exc).__name__}: {exc}") from None
-    model.save_pretrained(str(out), save_compressed=True, max_shard_size="5GB")
+    model.save_pretrained(str(out), save_compressed=True, max_shard_size=max_shard_bytes)
 
 
 def _calibration(name: str, tokenizer):

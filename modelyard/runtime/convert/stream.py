@@ -6,16 +6,17 @@ through the cast into the shard writer.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from modelyard.runtime.convert.cast import cast_entry, cast_stream, needs_cast
 from modelyard.runtime.convert.detect import Detected
 from modelyard.runtime.convert.expected import Expected, align, expected_for
-from modelyard.runtime.convert.progress import make_progress
 from modelyard.runtime.convert.publish import link_or_copy
 from modelyard.runtime.convert.source import TensorSource
 from modelyard.runtime.convert.writer import MAX_SHARD_BYTES, ShardWriter, nbytes
 from modelyard.runtime.errors import ConvertError
+from modelyard.runtime.progress import Progress
 
 
 def open_source(found: Detected, dest: Path) -> TensorSource:
@@ -39,6 +40,7 @@ def open_source(found: Detected, dest: Path) -> TensorSource:
     if not (dest / "config.json").is_file():
         source.config.save_pretrained(str(dest))
         source.model().generation_config.save_pretrained(str(dest))
+        _drop_gguf_markers(dest / "config.json")
     if not (dest / "tokenizer_config.json").is_file():
         tok = load_gguf_tokenizer(found.files[0])
         if tok is not None:
@@ -57,7 +59,7 @@ def write_weights(found: Detected, dest: Path, dtype, max_shard_bytes: int = MAX
         _link_through(found, dest)
         return expected
     entries = [cast_entry(e, dtype) for e in source.planned()]
-    progress = make_progress(sum(nbytes(e) for e in entries))
+    progress = Progress(sum(nbytes(e) for e in entries), step="convert")
     writer = ShardWriter(dest, entries, max_shard_bytes, on_bytes=progress.advance)
     try:
         for name, tensor in cast_stream(source.tensors(), dtype):
@@ -70,10 +72,19 @@ def write_weights(found: Detected, dest: Path, dtype, max_shard_bytes: int = MAX
 
 
 def _link_through(found: Detected, dest: Path) -> None:
-    progress = make_progress(sum(f.stat().st_size for f in found.files))
+    progress = Progress(sum(f.stat().st_size for f in found.files), step="convert")
     for f in found.files:
         link_or_copy(f, dest / f.name)
         progress.advance(f.stat().st_size)
     if found.index is not None:
         link_or_copy(found.index, dest / found.index.name)
     progress.close()
+
+
+def _drop_gguf_markers(path: Path) -> None:
+    """The loaded config remembers it came from GGUF; the output is plain safetensors."""
+    cfg = json.loads(path.read_text())
+    if (cfg.get("quantization_config") or {}).get("quant_method") == "gguf":
+        del cfg["quantization_config"]
+    cfg.pop("_model_name_or_path", None)
+    path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
