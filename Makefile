@@ -57,7 +57,10 @@ lint: venv ## Layer contracts (import-linter)
 	$(VENV)/bin/lint-imports
 
 crds: venv ## Regenerate crds/ and the chart's copy from modelyard.api
-	$(PY) -m modelyard.api.crd --write crds/models.modelyard.io.yaml
+	$(PY) -m modelyard.api.crd --write crds/models.modelyard.io.yaml --write charts/modelyard/crds/models.modelyard.io.yaml
+
+chart-lint: venv tools ## helm lint --strict, helm template + kubernetes-validate, promtool on the alerts
+	PATH=$(CURDIR)/$(TOOLS):$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest tests/chart $(PYTEST_ARGS)
 
 demo: venv ## Local mode on CPU: make a tiny model offline, `modelyard up`, one chat request
 	$(PY) -m examples.demo
