@@ -1,11 +1,107 @@
-"""`modelyard download` (not implemented yet)."""
+"""`modelyard download --source URI --dest DIR`: what the operator's download Job runs.
+
+Exit codes: 0 done (or already downloaded), 3 the plan says the model does not fit (nothing but
+the config was downloaded), 1 any other failure. The termination log (Kubernetes reads
+``/dev/termination-log``) gets one JSON object of at most 4096 bytes:
+``{"resolvedRevision", "plan", "files", "bytes"}`` on success, ``{"error": {"reason",
+"message"}, "plan"}`` on failure. Credentials come only from the environment.
+"""
 from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_TERMINATION_LOG = "/dev/termination-log"
+LIMIT = 4096
+PLAN_KEYS = ("parameters", "weightBytes", "kvCacheBytesPerToken", "engine", "precision",
+             "tensorParallelSize", "perGpuBytes", "maxModelLen", "fits", "reason")
 
 
 def register(sub) -> None:
-    p = sub.add_parser("download", help="download (not implemented yet)")
+    p = sub.add_parser("download", help="download a model from hf://, s3://, http(s)://, pvc:// or file://",
+                       description="Plan, then download, verify and record a model (resumable).")
+    p.add_argument("--source", required=True, help="hf://org/repo, s3://bucket/prefix, https://host/file[.tar.gz|.zip], "
+                   "pvc://claim/path or file:///abs/path")
+    p.add_argument("--dest", required=True, type=Path, help="destination folder")
+    p.add_argument("--revision", help="branch, tag or commit (hf://); default main")
+    p.add_argument("--include", action="append", default=[], metavar="GLOB",
+                   help="only files matching this glob (repeatable); config.json is always fetched for the plan")
+    p.add_argument("--termination-log", help=f"where to write the result JSON (default {DEFAULT_TERMINATION_LOG} "
+                   "when it exists and is writable)")
+    p.add_argument("--plan-precision", help="precision to plan for (auto, float16, bfloat16, int8, int4, ...)")
+    p.add_argument("--plan-engine", help="engine to plan for (auto, vllm, accelerate)")
+    p.add_argument("--plan-gpus", type=int, help="GPUs to plan for (0 = CPU)")
+    p.add_argument("--plan-gpu-memory", help="memory per GPU, e.g. 80GiB")
+    p.add_argument("--plan-max-model-len", type=int, help="context length to plan for")
+    p.add_argument("--no-enforce-plan", dest="enforce_plan", action="store_false",
+                   help="download even when the plan says the model does not fit")
+    p.add_argument("--no-plan", action="store_true", help="skip planning (adapters, sources without config.json)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    raise SystemExit("modelyard download: not implemented yet")
+    from modelyard.runtime.download import Request, download
+    from modelyard.runtime.errors import DownloadError
+
+    request = Request(source=args.source, dest=args.dest, revision=args.revision, include=list(args.include),
+                      plan_args=None if args.no_plan else _plan_args(args), enforce_plan=args.enforce_plan)
+    term = termination_log_path(args.termination_log)
+    try:
+        result = download(request)
+    except DownloadError as exc:
+        _write(term, exc.termination_message())
+        print(f"modelyard download: {exc.reason}: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    except Exception as exc:  # noqa: BLE001 - still tell Kubernetes why
+        _write(term, {"error": {"reason": "DownloadFailed", "message": f"{type(exc).__name__}: {exc}"}, "plan": None})
+        raise
+    _write(term, result.termination_message())
+    state = "already downloaded" if result.already else "downloaded"
+    print(f"{state}: {len(result.files)} files, {result.bytes} bytes, {args.source} at "
+          f"{result.resolved_revision} -> {args.dest}")
+    return 0
+
+
+def _plan_args(args) -> dict:
+    pairs = {"precision": args.plan_precision, "engine": args.plan_engine, "gpus": args.plan_gpus,
+             "gpu_memory": args.plan_gpu_memory, "max_model_len": args.plan_max_model_len}
+    return {k: v for k, v in pairs.items() if v is not None}
+
+
+def termination_log_path(explicit: str | None) -> Path | None:
+    if explicit:
+        return Path(explicit)
+    default = Path(DEFAULT_TERMINATION_LOG)
+    if default.exists() and os.access(default.parent, os.W_OK) and os.access(default, os.W_OK):
+        return default
+    return None
+
+
+def fit(message: dict, limit: int = LIMIT) -> str:
+    """The JSON text, at most ``limit`` bytes: trim the plan to its key fields, then the message."""
+    text = json.dumps(message)
+    if len(text.encode()) <= limit:
+        return text
+    plan = message.get("plan")
+    if isinstance(plan, dict):
+        message = {**message, "plan": {k: plan[k] for k in PLAN_KEYS if k in plan}}
+        text = json.dumps(message)
+    err = message.get("error")
+    while len(text.encode()) > limit and err and len(err.get("message", "")) > 20:
+        err = {**err, "message": err["message"][: len(err["message"]) // 2] + "..."}
+        message = {**message, "error": err}
+        text = json.dumps(message)
+    if len(text.encode()) > limit:
+        text = json.dumps({k: v for k, v in message.items() if k != "plan"})
+    return text
+
+
+def _write(path: Path | None, message: dict) -> None:
+    if path is None:
+        return
+    try:
+        path.write_text(fit(message))
+    except OSError as exc:
+        print(f"modelyard download: cannot write the termination log {path}: {exc}", file=sys.stderr)
