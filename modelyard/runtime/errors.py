@@ -21,3 +21,19 @@ class RuntimeStepError(Exception):
 
 class ConvertError(RuntimeStepError):
     """`modelyard convert` failed: bad input, unsupported format, failed verification."""
+
+
+class DownloadError(RuntimeStepError):
+    """`modelyard download` failed. Reasons: RepositoryNotFound, RevisionNotFound, Unauthorized,
+    DiskFull, ChecksumMismatch, ConnectionDropped, DoesNotFit (exit 3), InvalidSource."""
+
+    def __init__(self, reason: str, message: str, plan: dict | None = None):
+        super().__init__(reason, message)
+        self.plan = plan
+
+    @property
+    def exit_code(self) -> int:
+        return 3 if self.reason == "DoesNotFit" else 1
+
+    def termination_message(self) -> dict:
+        return {**super().termination_message(), "plan": self.plan}
