@@ -206,6 +206,8 @@ class ModelMeta(_Base):
         pattern=r"^[a-z]([-a-z0-9]*[a-z0-9])?$", max_length=52,
     )
     namespace: str | None = Field(None, description="Namespace.", pattern=DNS_LABEL, max_length=63)
+    uid: str | None = Field(None, description="Set by the API server; children's ownerReferences point at it.")
+    generation: int | None = Field(None, description="Set by the API server; bumped on every spec change.")
 
 
 class Model(_Base):

@@ -1,11 +1,35 @@
-"""`modelyard operator` (not implemented yet)."""
+"""`modelyard operator`: run the kopf operator against $KUBECONFIG or the in-cluster config."""
 from __future__ import annotations
+
+import asyncio
+import logging
 
 
 def register(sub) -> None:
-    p = sub.add_parser("operator", help="operator (not implemented yet)")
+    p = sub.add_parser("operator", help="run the operator (kopf) against the current cluster")
+    p.add_argument("-n", "--namespace", action="append", default=[], help="watch only this namespace (repeatable; default: all)")
+    p.add_argument("--metrics-port", type=int, default=8080, help="serve Prometheus metrics on this port (0: off)")
+    p.add_argument("--liveness", default=None, help="kopf liveness endpoint, e.g. http://0.0.0.0:8081/healthz")
+    p.add_argument("--peering", default=None, help="kopf peering name (for several replicas); default: standalone")
+    p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    raise SystemExit("modelyard operator: not implemented yet")
+    import kopf
+    from prometheus_client import start_http_server
+
+    import modelyard.operator.handlers  # noqa: F401  (registers the handlers)
+
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.metrics_port:
+        start_http_server(args.metrics_port)
+    asyncio.run(kopf.operator(
+        clusterwide=not args.namespace,
+        namespaces=args.namespace or None,
+        standalone=args.peering is None,
+        peering_name=args.peering,
+        liveness_endpoint=args.liveness,
+    ))
+    return 0

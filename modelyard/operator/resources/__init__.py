@@ -1,0 +1,10 @@
+"""Pure builders: Model (+ plan) in, whole manifests out. No client calls."""
+from modelyard.operator.resources.common import SPEC_HASH, Settings, labels
+from modelyard.operator.resources.convert import build_convert_job, convert_recipe, converted_dir
+from modelyard.operator.resources.download import base_dir, build_cache_pvc, build_download_job
+from modelyard.operator.resources.server import build_deployment, build_service, endpoint
+
+__all__ = [
+    "SPEC_HASH", "Settings", "labels", "build_convert_job", "convert_recipe", "converted_dir",
+    "base_dir", "build_cache_pvc", "build_download_job", "build_deployment", "build_service", "endpoint",
+]

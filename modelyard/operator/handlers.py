@@ -1,0 +1,83 @@
+"""kopf handlers: they only decide *when* to reconcile; reconcile.py decides *what*."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+
+import kopf
+
+from modelyard.api import GROUP, PLURAL, VERSION
+from modelyard.operator.config import load_settings
+from modelyard.operator.kube import Kube
+from modelyard.operator.reconcile import Reconciler
+
+CHILD_LABELS = {"app.kubernetes.io/name": "modelyard"}
+_reconciler: Reconciler | None = None
+
+
+def reconciler() -> Reconciler:
+    global _reconciler
+    if _reconciler is None:
+        _reconciler = Reconciler(Kube(), load_settings())
+    return _reconciler
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_) -> None:
+    global _reconciler
+    _reconciler = None  # a restarted operator re-reads its config and kubeconfig
+    # Keep kopf's bookkeeping in annotations: status belongs to the Model's schema.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="modelyard.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="modelyard.io")
+    settings.posting.level = logging.WARNING
+    settings.execution.max_workers = int(os.environ.get("MODELYARD_WORKERS", "16"))
+    settings.watching.server_timeout = 300
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def model_event(name: str, namespace: str, **_) -> None:
+    """Every change of a Model (create, update, resume after restart) → one reconcile pass."""
+    reconciler().reconcile(namespace, name)
+
+
+@kopf.on.startup()
+async def start_resync(memo: kopf.Memo, **_) -> None:
+    """Progress and waits that produce no events (pod logs) are polled for Models that wait.
+
+    One loop for all Models instead of a kopf timer per Model: no finalizer on every Model,
+    no task per Model, and stable Models cost nothing.
+    """
+    memo.resync = asyncio.create_task(_resync_loop())
+
+
+@kopf.on.cleanup()
+async def stop_resync(memo: kopf.Memo, **_) -> None:
+    task = getattr(memo, "resync", None)
+    if task:
+        task.cancel()
+
+
+async def _resync_loop() -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(1)
+        for namespace, name in reconciler().due():
+            try:
+                await loop.run_in_executor(None, reconciler().reconcile, namespace, name)
+            except Exception:  # logged; the Model stays due and is retried on the next tick
+                logging.getLogger("modelyard.operator").exception("resync of %s/%s failed", namespace, name)
+
+
+def _owner(body) -> str | None:
+    refs = [r for r in body.get("metadata", {}).get("ownerReferences") or [] if r.get("kind") == "Model"]
+    return refs[0]["name"] if refs else None
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=CHILD_LABELS)
+@kopf.on.event("apps", "v1", "deployments", labels=CHILD_LABELS)
+def child_event(body, namespace: str, **_) -> None:
+    """A Job finished or a Deployment became ready: look at its Model again."""
+    owner = _owner(body)
+    if owner:
+        reconciler().reconcile(namespace, owner)

@@ -1,0 +1,121 @@
+"""Reading what the children say: Job state, pod termination messages, progress lines. Pure."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from modelyard.operator.resources import SPEC_HASH
+
+
+@dataclass
+class Observed:
+    """The Model's children as last read from the API."""
+
+    pvc: dict | None = None
+    download_job: dict | None = None
+    download_pods: list[dict] = field(default_factory=list)
+    download_log: str | None = None
+    convert_job: dict | None = None
+    convert_pods: list[dict] = field(default_factory=list)
+    convert_log: str | None = None
+    deployment: dict | None = None
+    service: dict | None = None
+
+
+def spec_hash(obj: dict | None) -> str | None:
+    if not obj:
+        return None
+    return ((obj.get("metadata") or {}).get("annotations") or {}).get(SPEC_HASH)
+
+
+def job_state(job: dict | None) -> str:
+    """missing | running | succeeded | failed, from the Job's status like kubectl reads it."""
+    if not job:
+        return "missing"
+    status = job.get("status") or {}
+    for cond in status.get("conditions") or []:
+        if cond.get("status") == "True" and cond.get("type") in ("Complete", "SuccessCriteriaMet"):
+            return "succeeded"
+        if cond.get("status") == "True" and cond.get("type") in ("Failed", "FailureTarget"):
+            return "failed"
+    if status.get("succeeded"):
+        return "succeeded"
+    return "running"
+
+
+def owned_pods(job: dict | None, pods: list[dict]) -> list[dict]:
+    """Pods of this Job (not of an earlier Job with the same name), newest first."""
+    if not job:
+        return []
+    uid = (job.get("metadata") or {}).get("uid")
+    mine = [p for p in pods if any(r.get("uid") == uid for r in (p.get("metadata") or {}).get("ownerReferences") or [])]
+    return sorted(mine, key=lambda p: (p.get("metadata") or {}).get("creationTimestamp") or "", reverse=True)
+
+
+def termination_message(pods: list[dict], container: str) -> dict | None:
+    """The JSON a step wrote to /dev/termination-log, from the newest pod that has one."""
+    for pod in pods:
+        statuses = ((pod.get("status") or {}).get("containerStatuses") or []) + ((pod.get("status") or {}).get("initContainerStatuses") or [])
+        for cs in statuses:
+            if cs.get("name") != container:
+                continue
+            for key in ("state", "lastState"):
+                term = (cs.get(key) or {}).get("terminated") or {}
+                if term.get("message"):
+                    try:
+                        return json.loads(term["message"])
+                    except ValueError:
+                        return {"error": {"reason": "StepFailed", "message": term["message"][-500:]}}
+                if term and term.get("exitCode"):
+                    return {"error": {"reason": term.get("reason") or "StepFailed", "message": f"exit code {term['exitCode']}"}}
+    return None
+
+
+def failed_init(pods: list[dict]) -> dict | None:
+    """An init container (adapter download) that failed, with its message."""
+    for pod in pods:
+        for cs in (pod.get("status") or {}).get("initContainerStatuses") or []:
+            term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated") or {}
+            if term.get("exitCode"):
+                msg = termination_message([pod], cs["name"]) or {}
+                err = msg.get("error") or {"reason": "AdapterDownloadFailed", "message": f"exit code {term['exitCode']}"}
+                return {"container": cs["name"], **err}
+    return None
+
+
+def last_progress(log: str | None) -> dict | None:
+    """The last structured progress line a step printed."""
+    for line in reversed((log or "").splitlines()):
+        line = line.strip()
+        if '"progress"' not in line or not line.startswith("{"):
+            continue
+        try:
+            data = json.loads(line)
+        except ValueError:
+            continue
+        if data.get("event") == "progress":
+            return data
+    return None
+
+
+def progress_status(step: str, data: dict | None) -> dict | None:
+    if not data:
+        return None
+    done, total = int(data.get("bytesDone") or 0), int(data.get("bytesTotal") or 0)
+    out = {"step": step, "bytesDone": done, "bytesTotal": total}
+    if total:
+        out["percent"] = min(100, int(done * 100 / total))
+    if data.get("etaSeconds") is not None:
+        out["etaSeconds"] = int(data["etaSeconds"])
+    return out
+
+
+def deployment_ready(dep: dict | None, replicas: int) -> tuple[int, bool]:
+    """(ready replicas, whether the rollout of the current template is complete)."""
+    if not dep:
+        return 0, False
+    status = dep.get("status") or {}
+    ready = int(status.get("readyReplicas") or 0)
+    updated = int(status.get("updatedReplicas") or 0)
+    current = (status.get("observedGeneration") or 0) >= ((dep.get("metadata") or {}).get("generation") or 0)
+    return ready, current and ready >= replicas and updated >= replicas

@@ -1,0 +1,138 @@
+"""reconcile(namespace, name): read the Model and its children, decide, apply, write status once."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+
+from modelyard.api import ValidationError, parse_model
+from modelyard.operator import metrics
+from modelyard.operator.decide import Action, Decision, decide
+from modelyard.operator.kube import Kube
+from modelyard.operator.observe import Observed, job_state, owned_pods
+from modelyard.operator.resources import Settings
+from modelyard.operator.resources.common import cache_claim
+from modelyard.operator.status import StatusBuilder, changed, now
+
+log = logging.getLogger("modelyard.operator")
+JOB_LABEL = "batch.kubernetes.io/job-name"
+
+
+class Reconciler:
+    def __init__(self, kube: Kube, settings: Settings):
+        self.kube = kube
+        self.settings = settings
+        self._locks: dict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
+        self._due: dict[tuple[str, str], float] = {}
+
+    def due(self) -> list[tuple[str, str]]:
+        """Models waiting on a child whose next look is due (see Decision.retry_after)."""
+        clock = time.monotonic()
+        return [key for key, at in list(self._due.items()) if at <= clock]
+
+    def reconcile(self, namespace: str, name: str) -> float | None:
+        retry = None
+        try:
+            retry = self._reconcile(namespace, name)
+        except Exception:
+            retry = 10.0  # API trouble: look again with a delay
+            raise
+        finally:
+            if retry:
+                self._due[(namespace, name)] = time.monotonic() + retry
+            else:
+                self._due.pop((namespace, name), None)
+        return retry
+
+    def _reconcile(self, namespace: str, name: str) -> float | None:
+        """One level-based pass; returns seconds after which to look again (None: stable)."""
+        with self._locks[(namespace, name)], metrics.RECONCILE_SECONDS.time():
+            body = self.kube.get("Model", namespace, name)
+            if body is None or body["metadata"].get("deletionTimestamp"):
+                metrics.forget(namespace, name)
+                return None
+            try:
+                model = parse_model(body)
+            except ValidationError as exc:
+                self._invalid(body, exc)
+                return None
+            decision = decide(model, body.get("status"), self.observe(model), self.settings, self._gpu_memory(model))
+            self._apply(body, decision)
+            metrics.observe_model(namespace, name, decision.status)
+            return decision.retry_after
+
+    def observe(self, model) -> Observed:
+        ns, name = model.namespace, model.name
+        obs = Observed(
+            pvc=None if model.spec.cache.claim_name else self.kube.get("PersistentVolumeClaim", ns, cache_claim(model)),
+            download_job=self.kube.get("Job", ns, f"{name}-download"),
+            convert_job=self.kube.get("Job", ns, f"{name}-convert"),
+            deployment=self.kube.get("Deployment", ns, name),
+            service=self.kube.get("Service", ns, name),
+        )
+        obs.download_pods, obs.download_log = self._pods_and_log(ns, obs.download_job, "download")
+        obs.convert_pods, obs.convert_log = self._pods_and_log(ns, obs.convert_job, "convert")
+        return obs
+
+    def _pods_and_log(self, ns: str, job: dict | None, container: str):
+        if not job:
+            return [], None
+        pods = owned_pods(job, self.kube.list("Pod", ns, {JOB_LABEL: job["metadata"]["name"]}))
+        log_text = None
+        if job_state(job) == "running":
+            running = [p for p in pods if (p.get("status") or {}).get("phase") == "Running"]
+            if running:
+                log_text = self.kube.pod_log(ns, running[0]["metadata"]["name"], container)
+        return pods, log_text
+
+    def _gpu_memory(self, model) -> str | None:
+        wanted = model.spec.gpu_memory
+        profile = self.settings.profiles.get(wanted or "") or {}
+        return str(profile.get("memory")) if profile.get("memory") else wanted
+
+    def _apply(self, body: dict, decision: Decision) -> None:
+        for action in decision.actions:
+            self._execute(action)
+        if changed(body.get("status"), decision.status):
+            self.kube.patch("Model", body["metadata"]["namespace"], body["metadata"]["name"],
+                            {"status": _merge_patch(body.get("status") or {}, decision.status)}, sub="status")
+        stamp = now()
+        for ev in decision.events:
+            self.kube.event(body, ev["type"], ev["reason"], ev["message"], stamp)
+            if ev["type"] == "Warning":
+                metrics.ERRORS.labels(reason=ev["reason"]).inc()
+
+    def _execute(self, action: Action) -> None:
+        m = action.obj["metadata"]
+        log.info("%s/%s: %s", m["namespace"], m["name"], action.key)
+        if action.verb == "create":
+            self.kube.create(action.obj)
+        elif action.verb == "replace":
+            self.kube.replace(action.obj)
+        elif action.verb == "scale":
+            self.kube.patch(action.obj["kind"], m["namespace"], m["name"], {"spec": {"replicas": action.replicas}})
+        elif action.verb == "delete":
+            self.kube.delete(action.obj["kind"], m["namespace"], m["name"])
+        else:
+            raise ValueError(action.verb)
+
+    def _invalid(self, body: dict, exc: ValidationError) -> None:
+        meta = body["metadata"]
+        sb = StatusBuilder(body.get("status"), meta.get("generation"))
+        message = "; ".join(f"{path}: {msg}" for path, msg in exc.issues)
+        sb.condition("Degraded", True, "InvalidSpec", message)
+        sb.condition("Ready", False, "InvalidSpec", message)
+        decision = Decision(status=sb.build("Failed"))
+        decision.events = [{"type": "Warning", "reason": "InvalidSpec", "message": message}] if sb.transitions() else []
+        self._apply(body, decision)
+
+
+def _merge_patch(old: dict, new: dict) -> dict:
+    """A JSON merge patch from old to new status: removed keys become null."""
+    patch = dict(new)
+    for key in old:
+        if key not in new and key != "kopf":
+            patch[key] = None
+    return patch
+

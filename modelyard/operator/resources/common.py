@@ -1,0 +1,136 @@
+"""Names, labels, owner references, hashes and pod pieces shared by the builders. Pure."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from modelyard.api import API_VERSION, KIND, Model
+
+NAME_LABEL = "app.kubernetes.io/name"
+INSTANCE_LABEL = "app.kubernetes.io/instance"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+SPEC_HASH = "modelyard.io/spec-hash"
+CACHE_MOUNT = "/cache"
+RUNTIME_UID = 1000
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Operator configuration (from the chart's ConfigMap, MODELYARD_CONFIG)."""
+
+    images: dict[str, str] = field(
+        default_factory=lambda: {
+            "download": "ghcr.io/modelyard/runtime:0.1.0",
+            "convert": "ghcr.io/modelyard/convert:0.1.0",
+            "serveVllm": "ghcr.io/modelyard/serve-vllm:0.1.0",
+            "serveAccelerate": "ghcr.io/modelyard/serve-accelerate:0.1.0",
+        }
+    )
+    profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
+    default_storage_class: str | None = None
+    image_pull_policy: str = "IfNotPresent"
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> "Settings":
+        data = data or {}
+        base = cls()
+        return cls(
+            images={**base.images, **(data.get("images") or {})},
+            profiles=dict(data.get("profiles") or {}),
+            default_storage_class=(data.get("cache") or {}).get("defaultStorageClass"),
+            image_pull_policy=data.get("imagePullPolicy", base.image_pull_policy),
+        )
+
+
+def labels(model: Model, component: str) -> dict[str, str]:
+    return {
+        NAME_LABEL: "modelyard",
+        INSTANCE_LABEL: model.name,
+        COMPONENT_LABEL: component,
+        MANAGED_BY_LABEL: "modelyard-operator",
+    }
+
+
+def selector(model: Model, component: str) -> dict[str, str]:
+    return {INSTANCE_LABEL: model.name, COMPONENT_LABEL: component}
+
+
+def owner_reference(model: Model) -> dict:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": model.name,
+        "uid": model.metadata.uid or "",
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def metadata(model: Model, name: str, component: str, spec_hash: str | None = None) -> dict:
+    meta: dict[str, Any] = {
+        "name": name,
+        "namespace": model.namespace,
+        "labels": labels(model, component),
+        "ownerReferences": [owner_reference(model)],
+    }
+    if spec_hash:
+        meta["annotations"] = {SPEC_HASH: spec_hash}
+    return meta
+
+
+def digest(obj: Any, length: int = 16) -> str:
+    """Stable short sha256 of a JSON-able object."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def source_key(uri: str, revision: str | None, include: list[str] | tuple = ()) -> str:
+    """Content key of a download: two Models asking for the same bytes share them."""
+    return digest({"uri": uri, "revision": revision or "", "include": sorted(include)})
+
+
+def cache_claim(model: Model) -> str:
+    return model.spec.cache.claim_name or f"{model.name}-cache"
+
+
+def cache_volume(model: Model, read_only: bool = False) -> dict:
+    return {"name": "cache", "persistentVolumeClaim": {"claimName": cache_claim(model), "readOnly": read_only}}
+
+
+def cache_mount(read_only: bool = False) -> dict:
+    return {"name": "cache", "mountPath": CACHE_MOUNT, "readOnly": read_only}
+
+
+def scratch_volumes() -> tuple[list[dict], list[dict]]:
+    """A writable /tmp (also HOME) so the root filesystem can stay read-only."""
+    return [{"name": "tmp", "emptyDir": {}}], [{"name": "tmp", "mountPath": "/tmp"}]
+
+
+def container_security() -> dict:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUNTIME_UID,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def pod_security() -> dict:
+    return {"runAsNonRoot": True, "runAsUser": RUNTIME_UID, "runAsGroup": RUNTIME_UID, "fsGroup": RUNTIME_UID}
+
+
+BASE_ENV = [
+    {"name": "HOME", "value": "/tmp"},
+    {"name": "HF_HOME", "value": "/tmp/hf"},
+    {"name": "PYTHONUNBUFFERED", "value": "1"},
+]
+
+
+def env_from_secret(secret_name: str | None) -> list[dict]:
+    """Credentials only ever reach a pod this way: the Secret's keys become env vars."""
+    return [{"secretRef": {"name": secret_name}}] if secret_name else []

@@ -1,0 +1,124 @@
+"""The cache PVC and the `<name>-download` Job. Pure builders."""
+from __future__ import annotations
+
+from modelyard.api import Model
+from modelyard.operator.resources.common import (
+    BASE_ENV,
+    CACHE_MOUNT,
+    Settings,
+    cache_claim,
+    cache_mount,
+    cache_volume,
+    container_security,
+    digest,
+    env_from_secret,
+    metadata,
+    pod_security,
+    scratch_volumes,
+    source_key,
+)
+
+# Exit code of `modelyard download` when the plan says the model does not fit: not retried.
+EXIT_DOES_NOT_FIT = 3
+
+
+def source_dir(uri: str, revision: str | None = None, include=()) -> str:
+    return f"{CACHE_MOUNT}/sources/{source_key(uri, revision, include)}"
+
+
+def base_dir(model: Model) -> str:
+    src = model.spec.source
+    return source_dir(src.uri, src.revision, src.include)
+
+
+def adapter_dir(adapter) -> str:
+    return source_dir(adapter.uri, adapter.revision)
+
+
+def build_cache_pvc(model: Model, settings: Settings) -> dict | None:
+    """`<name>-cache`, unless the Model uses a shared claim (then None)."""
+    if model.spec.cache.claim_name:
+        return None
+    spec = {
+        "accessModes": [model.spec.cache.access_mode],
+        "resources": {"requests": {"storage": model.spec.cache.size}},
+    }
+    storage_class = model.spec.cache.storage_class_name or settings.default_storage_class
+    if storage_class:
+        spec["storageClassName"] = storage_class
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": metadata(model, cache_claim(model), "cache"),
+        "spec": spec,
+    }
+
+
+def plan_args(model: Model, gpu_memory: str | None) -> list[str]:
+    """The planner's inputs, passed to the step that first sees config.json."""
+    spec = model.spec
+    args = ["--plan-precision", spec.precision, "--plan-engine", spec.engine, "--plan-gpus", str(spec.gpus)]
+    if gpu_memory:
+        args += ["--plan-gpu-memory", gpu_memory]
+    if spec.serving.max_model_len:
+        args += ["--plan-max-model-len", str(spec.serving.max_model_len)]
+    if not spec.planner.enforce:
+        args.append("--no-enforce-plan")
+    return args
+
+
+def _download_container(name: str, image: str, settings: Settings, uri: str, dest: str, revision, include, secret, extra) -> dict:
+    args = ["download", "--source", uri, "--dest", dest]
+    if revision:
+        args += ["--revision", revision]
+    for pattern in include:
+        args += ["--include", pattern]
+    _, mounts = scratch_volumes()
+    return {
+        "name": name,
+        "image": image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["modelyard"],
+        "args": args + ["--termination-log", "/dev/termination-log"] + extra,
+        "env": list(BASE_ENV),
+        "envFrom": env_from_secret(secret.name if secret else None),
+        "volumeMounts": [cache_mount()] + mounts,
+        "securityContext": container_security(),
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "File",
+        "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}},
+    }
+
+
+def build_download_job(model: Model, settings: Settings, gpu_memory: str | None = None) -> dict:
+    """Fetch config.json, plan, then the weights (main container); adapters first (init containers, no plan)."""
+    src, image = model.spec.source, settings.images["download"]
+    main = _download_container("download", image, settings, src.uri, base_dir(model), src.revision,
+                               src.include, src.secret_ref, plan_args(model, gpu_memory))
+    inits = [
+        _download_container(f"adapter-{a.name}", image, settings, a.uri, adapter_dir(a), a.revision, (), a.secret_ref, ["--no-plan"])
+        for a in model.spec.adapters
+    ]
+    volumes, _ = scratch_volumes()
+    pod_spec = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "securityContext": pod_security(),
+        "containers": [main],
+        "volumes": [cache_volume(model)] + volumes,
+    }
+    if inits:
+        pod_spec["initContainers"] = inits
+    job_hash = digest({"pod": pod_spec})
+    meta = metadata(model, f"{model.name}-download", "download", job_hash)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": meta,
+        "spec": {
+            "backoffLimit": 3,
+            # A model that does not fit fails the Job at once instead of retrying.
+            "podFailurePolicy": {"rules": [{"action": "FailJob", "onExitCodes": {"containerName": "download", "operator": "In", "values": [EXIT_DOES_NOT_FIT]}}]},
+            "template": {"metadata": {"labels": meta["labels"]}, "spec": pod_spec},
+        },
+    }

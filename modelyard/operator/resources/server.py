@@ -1,0 +1,122 @@
+"""The serving Deployment and Service `<name>`. Pure builders."""
+from __future__ import annotations
+
+import json
+
+from modelyard.api import Model
+from modelyard.operator.resources.common import (
+    BASE_ENV,
+    SPEC_HASH,
+    Settings,
+    cache_mount,
+    cache_volume,
+    container_security,
+    digest,
+    metadata,
+    pod_security,
+    scratch_volumes,
+    selector,
+)
+from modelyard.operator.resources.download import adapter_dir
+
+
+def endpoint(model: Model) -> str:
+    return f"http://{model.name}.{model.namespace}.svc:{model.spec.serving.port}/v1"
+
+
+def serve_args(model: Model, plan: dict, model_dir: str) -> list[str]:
+    spec = model.spec
+    engine = plan.get("engine") or ("vllm" if spec.gpus else "accelerate")
+    args = ["serve", "--engine", engine, "--model", model_dir, "--port", str(spec.serving.port),
+            "--served-model-name", model.name, "--gpus", str(spec.gpus),
+            "--precision", plan.get("precision") or spec.precision]
+    max_len = plan.get("maxModelLen") or spec.serving.max_model_len
+    if max_len:
+        args += ["--max-model-len", str(max_len)]
+    if engine == "accelerate" and plan.get("maxMemory"):
+        args += ["--max-memory", json.dumps(plan["maxMemory"], sort_keys=True, separators=(",", ":"))]
+        if plan.get("offload"):
+            args += ["--offload-folder", "/tmp/offload"]
+    if plan.get("perGpuBytes") and spec.gpus:
+        args += ["--planned-gpu-bytes", str(plan["perGpuBytes"])]
+    for adapter in spec.adapters:
+        if not adapter.merge:
+            args += ["--adapter", f"{adapter.name}={adapter_dir(adapter)}"]
+    if spec.serving.args:
+        args += ["--", *spec.serving.args]
+    return args
+
+
+def _probes(port: int) -> dict:
+    get = {"httpGet": {"path": "/health", "port": "http"}}
+    return {
+        # Loading a big model takes minutes: up to an hour before liveness starts counting.
+        "startupProbe": {**get, "periodSeconds": 10, "failureThreshold": 360, "timeoutSeconds": 5},
+        "readinessProbe": {**get, "periodSeconds": 5, "failureThreshold": 3, "timeoutSeconds": 5},
+        "livenessProbe": {**get, "periodSeconds": 15, "failureThreshold": 4, "timeoutSeconds": 10},
+    }
+
+
+def build_deployment(model: Model, settings: Settings, plan: dict, model_dir: str) -> dict:
+    spec = model.spec
+    engine = plan.get("engine") or ("vllm" if spec.gpus else "accelerate")
+    volumes, mounts = scratch_volumes()
+    # vLLM's tensor-parallel workers talk through shared memory.
+    shm = {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi" if spec.gpus > 1 else "1Gi"}}
+    resources = {"requests": dict(spec.resources.requests), "limits": dict(spec.resources.limits)}
+    if spec.gpus:
+        resources["limits"][spec.gpu_resource] = str(spec.gpus)
+        resources["requests"][spec.gpu_resource] = str(spec.gpus)
+    container = {
+        "name": "server",
+        "image": settings.images["serveVllm" if engine == "vllm" else "serveAccelerate"],
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["modelyard"],
+        "args": serve_args(model, plan, model_dir),
+        "ports": [{"name": "http", "containerPort": spec.serving.port, "protocol": "TCP"}],
+        "env": list(BASE_ENV) + [{"name": e.name, "value": e.value} for e in spec.serving.env],
+        "volumeMounts": [cache_mount(read_only=True), {"name": "dshm", "mountPath": "/dev/shm"}] + mounts,
+        "securityContext": container_security(),
+        "resources": {k: v for k, v in resources.items() if v},
+        **_probes(spec.serving.port),
+    }
+    pod_spec = {
+        "automountServiceAccountToken": False,
+        "securityContext": pod_security(),
+        # In-flight requests drain on SIGTERM before the pod goes.
+        "terminationGracePeriodSeconds": 120,
+        "containers": [container],
+        "volumes": [cache_volume(model, read_only=True), shm] + volumes,
+    }
+    if spec.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.node_selector)
+    if spec.tolerations:
+        pod_spec["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in spec.tolerations]
+    template_hash = digest({"pod": pod_spec})
+    meta = metadata(model, model.name, "server", template_hash)
+    pod_labels = meta["labels"]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": meta,
+        "spec": {
+            "replicas": spec.replicas,
+            "selector": {"matchLabels": selector(model, "server")},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0 if spec.gpus else 1, "maxUnavailable": 1}},
+            "template": {"metadata": {"labels": pod_labels, "annotations": {SPEC_HASH: template_hash}}, "spec": pod_spec},
+        },
+    }
+
+
+def build_service(model: Model) -> dict:
+    port = model.spec.serving.port
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(model, model.name, "server"),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector(model, "server"),
+            "ports": [{"name": "http", "port": port, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
