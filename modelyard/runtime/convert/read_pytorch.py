@@ -6,6 +6,7 @@ crafted ``__reduce__``) is refused by torch's restricted unpickler before any of
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -25,12 +26,17 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=not legacy)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()
-        detail = next((ln for ln in first if "GLOBAL" in ln or "Unsupported" in ln), first[0] if first else "")
+        detail = _global_named(str(exc))
         raise ConvertError("UnsafePickle", f"{path.name} needs arbitrary code to unpickle ({detail.strip()}); {RESAVE_HINT}") from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise ConvertError("CorruptFile", f"{path.name} is not a readable PyTorch checkpoint (truncated or corrupted?): {exc}") from None
     return _unwrap(obj, path)
+
+
+def _global_named(text: str) -> str:
+    """The one useful line of torch's refusal (which global it met), without its allowlisting advice."""
+    m = re.search(r"(Unsupported global: GLOBAL [^ ]+|Unsupported operand [^ .]+|Trying to load unsupported GLOBAL [^ ]+)", text)
+    return m.group(1) if m else text.strip().splitlines()[0][:200] if text.strip() else "refused by the restricted unpickler"
 
 
 def _is_legacy(path: Path) -> bool:
