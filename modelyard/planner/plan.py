@@ -20,6 +20,7 @@ from modelyard.planner.sizes import PROFILES, format_bytes, parse_bytes
 ENGINES = ("auto", "vllm", "accelerate")
 DEFAULT_PROFILE = "nvidia-a100-80gb"
 INDEX_TOLERANCE = 0.02
+DEFAULT_MAX_POSITIONS = 2048  # e.g. FalconConfig.max_position_embeddings default
 # Architectures vLLM serves (vllm/model_executor/models/registry.py, text generation).
 VLLM_ARCHITECTURES = frozenset({
     "LlamaForCausalLM", "MistralForCausalLM", "MixtralForCausalLM", "Qwen2ForCausalLM",
@@ -141,9 +142,9 @@ def _plan(*, config, precision, engine, gpus, gpu_memory, max_model_len, index,
     notes += more + sliding_window_note(c)
     mpe = c.get("max_position_embeddings")
     if not isinstance(mpe, int) or mpe < 1:
-        if max_model_len is None:
-            raise PlanError(f"{c.source}: missing 'max_position_embeddings'; pass maxModelLen")
-        mpe = max_model_len
+        mpe = max_model_len or DEFAULT_MAX_POSITIONS
+        notes.append(f"config.json has no max_position_embeddings: assumed {mpe} "
+                     f"(transformers' default for most families)")
     cap = min(max_model_len, mpe) if max_model_len else mpe
     if max_model_len and max_model_len > mpe:
         notes.append(f"maxModelLen {max_model_len} is above the model's "
