@@ -107,6 +107,8 @@ class Emulator(kmock.KubernetesEmulator):
     # --- verbs ---------------------------------------------------------------------------
     async def _serve(self, request: ApiRequest, r: Route) -> aiohttp.web.StreamResponse:
         method, params, store = request.method, request.params, self.store
+        if params.get("dryRun") and method != "GET":
+            raise errors.bad_request("dryRun is not supported by the Kubernetes API emulator (it would write)")
         if method == "GET" and params.get("watch") in ("true", "1"):
             return await self._watch(request, r)
         if method == "GET" and r.name is None:
@@ -202,10 +204,9 @@ class Emulator(kmock.KubernetesEmulator):
                     etype, obj = await asyncio.wait_for(queue.get(), left)
                 except TimeoutError:
                     break
-                chunk = [json.dumps({"type": etype, "object": obj})]
+                chunk = [self._event(request, r, etype, obj)]
                 while not queue.empty():
-                    etype, obj = queue.get_nowait()
-                    chunk.append(json.dumps({"type": etype, "object": obj}))
+                    chunk.append(self._event(request, r, *queue.get_nowait()))
                 await resp.write(("\n".join(chunk) + "\n").encode())
         except (ConnectionResetError, asyncio.CancelledError):
             self.store.watchers.discard(watcher)
@@ -213,6 +214,12 @@ class Emulator(kmock.KubernetesEmulator):
         finally:
             self.store.watchers.discard(watcher)
         return resp
+
+    @staticmethod
+    def _event(request: ApiRequest, r: Route, etype: str, obj: dict) -> str:
+        if tables.wants_table(request.headers):  # kubectl get -w asks for Table rows
+            obj = tables.table(r.rt, [obj], obj["metadata"]["resourceVersion"])
+        return json.dumps({"type": etype, "object": obj})
 
 
 def _call_soon(fn) -> None:

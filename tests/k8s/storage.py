@@ -21,6 +21,7 @@ from tests.k8s.registry import Registry, ResourceType, types_from_crd
 HISTORY = 100_000  # events kept for watches resuming from a resourceVersion
 _NAME_CHARS = "bcdfghjklmnpqrstvwxz2456789"
 
+PROTECTED_NAMESPACES = ("default", "kube-system", "kube-public")
 Key = tuple[str, str]  # (group, plural): versions of a kind share storage
 
 
@@ -262,6 +263,8 @@ class Store:
                                             f'UID in object meta: {obj["metadata"]["uid"]}')
         if pre.get("resourceVersion") and pre["resourceVersion"] != obj["metadata"]["resourceVersion"]:
             raise errors.conflict(rt, name)
+        if rt.kind == "Namespace" and name in PROTECTED_NAMESPACES:
+            raise errors.ApiError(403, "Forbidden", f'namespaces "{name}" is forbidden: this namespace may not be deleted')
         if (options or {}).get("propagationPolicy") == "Orphan":
             self.orphan(obj["metadata"]["uid"])
         if obj["metadata"].get("finalizers") or rt.kind == "Namespace":
