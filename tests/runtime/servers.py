@@ -202,6 +202,8 @@ class HttpState:
     drop_after: dict[str, int] = field(default_factory=dict)  # path -> bytes sent before closing
     drop_times: dict[str, int] = field(default_factory=dict)  # path -> how many requests drop (-1: all)
     headers: dict[str, dict[str, str]] = field(default_factory=dict)  # path -> extra headers
+    throttle: dict[str, int] = field(default_factory=dict)  # path -> bytes per second
+    no_length: set[str] = field(default_factory=set)  # paths sent without Content-Length
     requests: list[tuple[str, str, str | None]] = field(default_factory=list)  # (method, path, Range)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -211,7 +213,7 @@ class HttpState:
     def reset(self) -> None:
         with self.lock:
             self.status.clear(), self.drop_after.clear(), self.drop_times.clear()
-            self.headers.clear(), self.requests.clear()
+            self.headers.clear(), self.requests.clear(), self.throttle.clear(), self.no_length.clear()
             self.token = None
 
 
@@ -244,7 +246,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if start is None:
             return self._error(416)
         self.send_response(code)
-        self.send_header("Content-Length", str(len(data) - start))
+        if path in st.no_length:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        else:
+            self.send_header("Content-Length", str(len(data) - start))
         self.send_header("Accept-Ranges", "bytes")
         if code == 206:
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
@@ -275,7 +281,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)
             return
-        self.wfile.write(payload)
+        rate = st.throttle.get(path)
+        if not rate:
+            self.wfile.write(payload)
+            return
+        piece = max(rate // 20, 1)
+        try:
+            for i in range(0, len(payload), piece):
+                self.wfile.write(payload[i:i + piece])
+                self.wfile.flush()
+                time.sleep(piece / rate)
+        except (BrokenPipeError, ConnectionResetError):  # the client went away (killed)
+            self.close_connection = True
 
     def _error(self, code: int):
         msg = f"error {code}\n".encode()

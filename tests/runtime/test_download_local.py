@@ -1,0 +1,110 @@
+"""`modelyard download` from file:// and pvc://, idempotency, and a really full disk."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from modelyard.runtime.download import MANIFEST, Request, download
+from modelyard.runtime.errors import DownloadError
+from tests.runtime.servers import start_http
+
+
+@pytest.fixture
+def folder(tmp_path) -> Path:
+    src = tmp_path / "claims" / "models" / "tiny"
+    (src / "sub").mkdir(parents=True)
+    (src / "config.json").write_text('{"model_type": "llama"}')
+    (src / "model.bin").write_bytes(os.urandom(300_000))
+    (src / "sub" / "tokenizer.json").write_text("{}")
+    return src
+
+
+def _run(source: str, dest: Path, **kw):
+    log = io.StringIO()
+    result = download(Request(source=source, dest=dest, plan_args=None, **kw), stream=log)
+    return result, log.getvalue()
+
+
+def test_file_uri_hardlinks_on_the_same_filesystem(folder, tmp_path):
+    result, _ = _run(f"file://{folder}", tmp_path / "out")
+    assert sorted(f.path for f in result.files) == ["config.json", "model.bin", "sub/tokenizer.json"]
+    assert (tmp_path / "out/model.bin").stat().st_ino == (folder / "model.bin").stat().st_ino
+    manifest = json.loads((tmp_path / "out" / MANIFEST).read_text())
+    assert manifest["totalBytes"] == result.bytes and manifest["resolvedRevision"].startswith("local:")
+
+
+def test_pvc_uri_under_the_pvc_root_and_include(folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("MODELYARD_PVC_ROOT", str(tmp_path / "claims"))
+    result, _ = _run("pvc://models/tiny", tmp_path / "out", include=["*.json"])
+    assert sorted(f.path for f in result.files) == ["config.json", "sub/tokenizer.json"]
+    assert not (tmp_path / "out/model.bin").exists()
+
+
+def test_pvc_claim_not_mounted(tmp_path, monkeypatch):
+    monkeypatch.setenv("MODELYARD_PVC_ROOT", str(tmp_path))
+    with pytest.raises(DownloadError) as err:
+        _run("pvc://nope/model", tmp_path / "out")
+    assert err.value.reason == "RepositoryNotFound" and "'nope'" in err.value.message
+
+
+def test_dest_is_the_source_folder_copies_nothing(folder):
+    before = {p: p.stat().st_mtime_ns for p in folder.rglob("*")}
+    result, log = _run(f"file://{folder}", folder)
+    assert "nothing to copy" in log
+    assert {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.name != MANIFEST} == before
+    assert (folder / MANIFEST).exists() and not (folder / ".partial").exists()
+    assert len(result.files) == 3
+
+
+def test_second_run_returns_at_once(folder, tmp_path):
+    _run(f"file://{folder}", tmp_path / "out")
+    ino = (tmp_path / "out/model.bin").stat().st_ino
+    (folder / "model.bin").unlink()  # the source is gone: a second run must not need it
+    result, log = _run(f"file://{folder}", tmp_path / "out")
+    assert result.already and "already downloaded" in log
+    assert (tmp_path / "out/model.bin").stat().st_ino == ino
+
+
+def test_bad_scheme_is_invalid_source(tmp_path):
+    with pytest.raises(DownloadError) as err:
+        _run("ftp://host/model", tmp_path / "out")
+    assert err.value.reason == "InvalidSource" and "hf://" in err.value.message
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A real 1 MiB tmpfs (we run as root); unmounted afterwards."""
+    mnt = tmp_path / "tiny-disk"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+def test_disk_full_before_writing(tiny_disk, tmp_path):
+    src = tmp_path / "big"
+    src.mkdir()
+    (src / "model.bin").write_bytes(os.urandom(2 << 20))
+    with pytest.raises(DownloadError) as err:
+        _run(f"file://{src}", tiny_disk / "out")
+    assert err.value.reason == "DiskFull"
+    assert "2.0MiB" in err.value.message and "free" in err.value.message
+
+
+def test_disk_full_while_writing(tiny_disk, tmp_path):
+    """The server does not say how big the file is, so only the write itself finds out."""
+    root = tmp_path / "www"
+    root.mkdir()
+    (root / "model.bin").write_bytes(os.urandom(2 << 20))
+    with start_http(root) as srv:
+        srv.state.no_length.add("/model.bin")
+        with pytest.raises(DownloadError) as err:
+            _run(f"{srv.url}/model.bin", tiny_disk / "out")
+    assert err.value.reason == "DiskFull" and "no space left" in err.value.message
