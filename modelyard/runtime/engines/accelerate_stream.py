@@ -1,0 +1,82 @@
+"""Bridges ``model.generate`` (running in a worker thread) to an asyncio consumer.
+
+``QueueStreamer`` is a transformers ``BaseStreamer`` like ``TextIteratorStreamer``, but it also
+keeps the generated token ids (usage counts), applies OpenAI ``stop`` strings (holding back text
+that could be the start of one), and hands text to an ``asyncio.Queue`` without blocking the event
+loop. ``StopFlag`` ends generation early when a stop string matched or the client went away.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+
+from transformers.generation.streamers import BaseStreamer
+from transformers.generation.stopping_criteria import StoppingCriteria
+
+END = object()
+
+
+class QueueStreamer(BaseStreamer):
+    def __init__(self, tokenizer, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue, stop: list[str]):
+        self.tokenizer, self.loop, self.queue, self.stop = tokenizer, loop, queue, stop
+        self.ids: list[int] = []
+        self.sent = 0                      # characters already handed to the consumer
+        self.stopped = False               # a stop string matched
+        self.cancelled = False             # the consumer went away
+        self.first_token_at: float | None = None
+        self._prompt_seen = False
+
+    def put(self, value) -> None:
+        if not self._prompt_seen:          # generate() first puts the prompt
+            self._prompt_seen = True
+            return
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+        self.ids.extend(int(x) for x in value.reshape(-1).tolist())
+        self._emit(final=False)
+
+    def end(self) -> None:
+        pass  # finish() is called by the engine in all cases, even when generate() raised
+
+    def finish(self) -> None:
+        self._emit(final=True)
+        self._push(END)
+
+    def _push(self, item) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+
+    def _safe_end(self, text: str) -> int:
+        """How much of ``text`` can be sent now: not a half-decoded character nor a stop prefix."""
+        end = len(text)
+        while end > self.sent and text[end - 1] == "\ufffd":
+            end -= 1
+        for s in self.stop:
+            for k in range(min(len(s) - 1, end), 0, -1):
+                if text[:end].endswith(s[:k]):
+                    end = min(end, len(text[:end]) - k)
+                    break
+        return max(end, self.sent)
+
+    def _emit(self, final: bool) -> None:
+        if self.stopped:
+            return
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        hits = [i for i in (text.find(s) for s in self.stop) if i >= 0]
+        if hits:
+            text, self.stopped, end = text[: min(hits)], True, min(hits)
+        else:
+            end = len(text) if final else self._safe_end(text)
+        if end > self.sent:
+            self._push(text[self.sent:end])
+            self.sent = end
+
+
+class StopFlag(StoppingCriteria):
+    def __init__(self, streamer: QueueStreamer):
+        self.streamer = streamer
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        flag = self.streamer.stopped or self.streamer.cancelled
+        return torch.full((input_ids.shape[0],), flag, dtype=torch.bool, device=input_ids.device)

@@ -1,0 +1,46 @@
+"""OpenAI-compatible HTTP server shared by in-process engines (accelerate).
+
+``run(engine, metrics, load, host, port)`` starts listening at once (``/health`` answers 503),
+loads the model in a background thread, then answers 200. A load failure stops the server and
+``run`` returns 1 with the reason on stderr.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from typing import Callable
+
+from modelyard.runtime.metrics import ServingMetrics
+from modelyard.runtime.server.app import ServerState, create_app
+
+log = logging.getLogger("modelyard.serve")
+
+
+def run(engine, metrics: ServingMetrics, load: Callable[[], None], host: str, port: int) -> int:
+    import uvicorn
+
+    state = ServerState(engine=engine, metrics=metrics)
+    config = uvicorn.Config(create_app(state), host=host, port=port, log_level="info",
+                            access_log=False, timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+
+    def loader() -> None:
+        t0 = time.perf_counter()
+        try:
+            load()
+        except Exception as exc:  # shown to the user and the pod's log, then exit 1
+            state.error = f"loading the model failed: {exc}"
+            print(f"modelyard serve: {state.error}", file=sys.stderr, flush=True)
+            server.should_exit = True
+            return
+        seconds = time.perf_counter() - t0
+        metrics.model_load_seconds.set(seconds)
+        state.ready = True
+        print(f"modelyard serve: model loaded in {seconds:.1f}s; serving {', '.join(state.names())} "
+              f"on http://{host}:{port}/v1", file=sys.stderr, flush=True)
+
+    threading.Thread(target=loader, name="model-loader", daemon=True).start()
+    server.run()
+    return 1 if state.error else 0
