@@ -164,9 +164,9 @@ def fit_cpu(a: Ask, engine: str) -> Fit:
         mml, ok = choose_len(room // tok_cost, a.cap, a.requested)
         length = mml if ok else _needed_len(a)
         need = a.weight_bytes + a.lora_bytes + tok_cost * length + runtime
-        fit = Fit(ok, mml, host_bytes=need, kv_tokens=room // tok_cost,
-                  kv_cache_bytes=kv_bytes_per_token(c, a.kv_dtype, "accelerate") * length,
-                  overhead_bytes=runtime + tok_cost * length - fit_kv(c, a, length))
+        kv_bytes = kv_bytes_per_token(c, a.kv_dtype, "accelerate") * length
+        fit = Fit(ok, mml, host_bytes=need, kv_tokens=room // tok_cost, kv_cache_bytes=kv_bytes,
+                  overhead_bytes=runtime + tok_cost * length - kv_bytes)
         weight_room = budget - runtime - (need - a.weight_bytes - runtime)
         fit.max_memory = {"cpu": format_bytes(max(weight_room, 0))}
         fit.offload = not ok and need > budget
@@ -178,10 +178,6 @@ def fit_cpu(a: Ask, engine: str) -> Fit:
                        f"{M.ACCELERATE_UTILIZATION:g} × {format_bytes(a.host_memory)} = "
                        f"{format_bytes(budget)} usable")
     return fit
-
-
-def fit_kv(c: Cfg, a: Ask, length: int) -> int:
-    return kv_bytes_per_token(c, a.kv_dtype, "accelerate") * length
 
 
 def fit_for(engine: str, a: Ask) -> Fit:

@@ -120,6 +120,11 @@ def test_kv_cache_bytes_per_token():
     assert plan(gemma).kv_cache_bytes_per_token == 2 * 42 * 8 * 256 * 4  # float32
     ds = cfg("deepseek-v2-lite")  # MLA: vLLM caches the latent (512 + 64) once per layer
     assert plan(ds, gpus=1, gpu_memory="80GiB").kv_cache_bytes_per_token == 27 * (512 + 64) * 2
+    v3 = plan(cfg("deepseek-v3"), gpus=8, gpu_memory="nvidia-h200-141gb")
+    assert v3.kv_cache_bytes_per_token == 61 * (512 + 64) * 2  # latent replicated, not sharded
+    assert v3.fits and v3.tensor_parallel_size == 8
+    assert (v3.precision, v3.quantization) == ("fp8", "fp8 block 128x128")
+    assert 1.0 < v3.weight_bytes / v3.parameters < 1.02  # 1 byte + 16-bit embeddings + scales
     assert any("sliding_window=4096" in a for a in plan(cfg("mistral-7b-v0.1")).assumptions)
 
 
