@@ -49,9 +49,9 @@ def _candidates(base, current, kwargs) -> list[dict[str, Any]]:
         if "tensor parallel" in current.reason:  # a valid count below the asked one may do
             out += [{"gpus": g} for g in range(gpus - 1, 0, -1)]
         out += [{"gpus": g} for g in range(gpus + 1, MAX_GPUS + 1)]
-    lower = [p for p in ("int8", "int4") if precision in ORDER
+    lower = [p for p in ("bfloat16", "int8", "int4") if precision in ORDER
              and ORDER.index(p) > ORDER.index(precision)] if not base.get("prequantized") else []
-    out += [{"precision": p} for p in lower]
+    out += [{"precision": p} for p in lower if p != "bfloat16"]
     if gpus:
         out += [{"precision": p, "gpus": g} for p in lower for g in range(gpus + 1, MAX_GPUS + 1)]
     return out

@@ -131,6 +131,10 @@ def _plan(*, config, precision, engine, gpus, gpu_memory, max_model_len, index,
     notes += more
     eng = _engine(engine, gpus, c, prec)
     quant = scheme_for(prec, eng, pre)
+    if precision == "auto" and prec == "float32" and eng == "vllm":
+        notes.append("precision auto: the checkpoint is float32 and is planned at float32; "
+                     "vLLM's --dtype auto would serve it at 16 bits (set precision bfloat16 to "
+                     "plan for that)")
     computed = weight_bytes(lay, "bfloat16" if quant else prec, quant)
     total = ((index or {}).get("metadata") or {}).get("total_size")
     native = pre is not None or (quant is None and prec == (checkpoint_dtype(c) or prec))

@@ -238,3 +238,18 @@ def test_to_dict_round_trips_and_has_the_contract_fields():
         assert isinstance(d[key], kind), key
     assert "maxMemory" in d and "quantization" in d
     assert Plan.from_dict(d) == p
+
+
+def test_suggestion_order_bfloat16_before_more_gpus():
+    p = plan(cfg("gemma-2-9b"), gpus=1, gpu_memory="nvidia-a100-40gb")  # float32 checkpoint
+    assert not p.fits and p.precision == "float32"
+    assert p.suggestion == "precision bfloat16"
+    assert any("vLLM's --dtype auto" in a for a in p.assumptions)
+
+
+def test_suggestion_quantizes_when_eight_gpus_are_not_enough():
+    bf16 = {k: v for k, v in cfg("deepseek-v3").items() if k != "quantization_config"}
+    p = plan(bf16, gpus=8, gpu_memory="nvidia-h100-80gb")
+    assert not p.fits and p.precision == "bfloat16"
+    assert p.suggestion == "precision int4 (compressed-tensors W4A16)"  # int8 is still too big
+    assert not plan(bf16, gpus=8, gpu_memory="nvidia-h100-80gb", precision="int8").fits
