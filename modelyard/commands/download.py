@@ -36,7 +36,8 @@ def register(sub) -> None:
     p.add_argument("--plan-gpu-memory", help="memory per GPU, e.g. 80GiB")
     p.add_argument("--plan-max-model-len", type=int, help="context length to plan for")
     p.add_argument("--no-enforce-plan", dest="enforce_plan", action="store_false",
-                   help="download even when the plan says the model does not fit")
+                   help="download even when the plan says the model does not fit (the plan is enforced only "
+                   "when at least one --plan-* flag names a target)")
     p.add_argument("--no-plan", action="store_true", help="skip planning (adapters, sources without config.json)")
     p.set_defaults(func=run)
 
@@ -45,8 +46,10 @@ def run(args) -> int:
     from modelyard.runtime.download import Request, download
     from modelyard.runtime.errors import DownloadError
 
+    plan_args = None if args.no_plan else _plan_args(args)
+    # With no --plan-* flag there is no target to check against: the plan is recorded, not enforced.
     request = Request(source=args.source, dest=args.dest, revision=args.revision, include=list(args.include),
-                      plan_args=None if args.no_plan else _plan_args(args), enforce_plan=args.enforce_plan)
+                      plan_args=plan_args, enforce_plan=args.enforce_plan and bool(plan_args))
     term = termination_log_path(args.termination_log)
     try:
         result = download(request)

@@ -109,9 +109,11 @@ def _run(req: Request, dest: Path, stream) -> Result:
 def _install(src, files: list[RemoteFile], dest: Path, staging: Path, ledger, progress) -> list[RemoteFile]:
     """Fetch what is not yet in place, verify it, move it into ``dest``; return what is there."""
     todo = [f for f in files if not ledger.has(f, dest)]
-    if todo:
+    fetch = [f for f in todo if not _staged_complete(staging, f)]  # finished before a kill
+    progress.skip(sum(f.size for f in todo if f not in fetch))
+    if fetch:
         try:
-            src.fetch(todo, staging, progress)
+            src.fetch(fetch, staging, progress)
         except OSError as exc:
             if exc.errno != errno.ENOSPC:
                 raise
@@ -134,6 +136,12 @@ def _install(src, files: list[RemoteFile], dest: Path, staging: Path, ledger, pr
         if members is not None:
             staged.unlink()
     return out
+
+
+def _staged_complete(staging: Path, f: RemoteFile) -> bool:
+    staged = staging / f.path
+    return f.size is not None and staged.is_file() and staged.stat().st_size == f.size \
+        and not staged.with_name(staged.name + ".chunks").exists()
 
 
 def _verify(staged: Path, f: RemoteFile) -> RemoteFile:

@@ -88,9 +88,15 @@ def _stop(proc: subprocess.Popen) -> None:
 class Olah:
     endpoint: str
     mirrors: Path
+    log: Path
 
     def repo_dir(self, repo_id: str) -> Path:
         return self.mirrors / "models" / repo_id
+
+    def file_requests(self, repo_id: str, filename: str) -> int:
+        """How many times a file's bytes were asked for (olah's access log, unbuffered)."""
+        return sum(1 for line in self.log.read_text().splitlines()
+                   if f"GET /{repo_id}/resolve/" in line and line.split('"')[1].split()[1].endswith("/" + filename))
 
 
 def git(repo: Path, *args: str) -> str:
@@ -122,17 +128,18 @@ def start_olah(workdir: Path):
         "[basic]\n"
         f'host = "127.0.0.1"\nport = {port}\nrepos-path = "{repos}"\n'
         f'mirror-netloc = "127.0.0.1:{port}"\nmirror-lfs-netloc = "127.0.0.1:{port}"\n'
-        f'mirrors-path = ["{mirrors}"]\n'
+        f'mirrors-path = ["{mirrors}"]\nmetadata-cache-ttl = 0\n'
         "[accessibility]\noffline = true\n"
     )
     log = workdir / "olah.log"
     with open(log, "wb") as fh:
         proc = subprocess.Popen([str(BIN / "olah-cli"), "-c", str(cfg)], cwd=workdir, stdout=fh,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
     endpoint = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: _reachable(endpoint + "/api/models/modelyard/ready"), 30, "olah", proc, log)
-        yield Olah(endpoint=endpoint, mirrors=mirrors)
+        yield Olah(endpoint=endpoint, mirrors=mirrors, log=log)
     finally:
         _stop(proc)
 

@@ -148,7 +148,10 @@ class _StagingWatcher:
     def _sum(self) -> int:
         total = 0
         for root, _dirs, names in os.walk(self.staging):
+            in_cache = ".cache" in Path(root).relative_to(self.staging).parts
             for n in names:
+                if in_cache and not n.endswith(".incomplete"):
+                    continue  # huggingface_hub's own bookkeeping
                 try:
                     total += os.stat(os.path.join(root, n)).st_size
                 except OSError:
