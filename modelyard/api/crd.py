@@ -59,6 +59,7 @@ STATUS = {
             "properties": {
                 "resolvedRevision": {"type": "string", "description": "Commit or content digest the source resolved to."},
                 "cacheKey": {"type": "string", "description": "Content key of the download in the cache."},
+                "format": {"type": "string", "description": "Format the download step detected."},
             },
         },
         "progress": {

@@ -175,7 +175,7 @@ class ModelSpec(_Base):
 
     RULES: ClassVar[tuple[tuple[str, str], ...]] = (
         (
-            "self.adapters.all(a, self.adapters.exists_one(b, b.name == a.name))",
+            "!has(self.adapters) || self.adapters.all(a, self.adapters.exists_one(b, b.name == a.name))",
             "adapter names must be unique",
         ),
         (

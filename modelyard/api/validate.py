@@ -123,11 +123,18 @@ def _objects_at(data: Any, path: str) -> list[tuple[str, Any]]:
     return found
 
 
-def check_rules(model: Model) -> list[tuple[str, str]]:
+def _as_served(model: Model, raw_spec: dict) -> dict:
+    """The spec as the API server holds it: schema defaults applied, but no empty lists/maps
+    the user did not write (the schema gives those no default, so `has()` is false)."""
+    spec = model.spec.model_dump(by_alias=True, exclude_none=True)
+    return {k: v for k, v in spec.items() if v not in ([], {}) or k in raw_spec}
+
+
+def check_rules(model: Model, raw_spec: dict | None = None) -> list[tuple[str, str]]:
     """Evaluate the CRD's CEL rules on a structurally valid Model."""
     import celpy
 
-    data = {"spec": model.spec.model_dump(by_alias=True, exclude_none=True)}
+    data = {"spec": _as_served(model, raw_spec or {})}
     issues = []
     for path, program, rule, message in _programs():
         for where, obj in _objects_at(data, path):
@@ -155,7 +162,7 @@ def parse_model(data: Any, source: str = "") -> Model:
                 msg += _unknown_field_hint(err["loc"], data)
             issues.append((_path(err["loc"]), msg))
         raise ValidationError(issues, source) from None
-    issues = check_rules(model)
+    issues = check_rules(model, data.get("spec") if isinstance(data.get("spec"), dict) else {})
     if issues:
         raise ValidationError(issues, source)
     return model

@@ -73,7 +73,7 @@ def _download(model: Model, obs: ob.Observed, settings: Settings, sb: StatusBuil
         return "Downloading", None
     state = ob.job_state(obs.download_job)
     pods = ob.owned_pods(obs.download_job, obs.download_pods)
-    result = ob.termination_message(pods, "download") or {}
+    result = ob.termination_message(pods, "download") or _remembered(sb, state)
     if result.get("plan"):
         sb.set("plan", _plan_status(result["plan"]))
     if state == "failed":
@@ -91,7 +91,8 @@ def _download(model: Model, obs: ob.Observed, settings: Settings, sb: StatusBuil
         return "Downloading", None
     sb.set("progress", None)
     revision = result.get("resolvedRevision")
-    sb.set("source", {"resolvedRevision": revision, "cacheKey": base_dir(model).rsplit("/", 1)[-1]} if revision else {"cacheKey": base_dir(model).rsplit("/", 1)[-1]})
+    source = {"cacheKey": base_dir(model).rsplit("/", 1)[-1], "resolvedRevision": revision, "format": result.get("format")}
+    sb.set("source", {k: v for k, v in source.items() if v})
     size = result.get("bytes")
     sb.condition("Downloaded", True, "Downloaded", f"{result.get('files', '?')} files, {size if size is not None else '?'} bytes at revision {revision or 'unknown'}")
     plan = result.get("plan")
@@ -102,6 +103,18 @@ def _download(model: Model, obs: ob.Observed, settings: Settings, sb: StatusBuil
     else:
         sb.condition("Planned", False, "DoesNotFit", f"{plan.get('reason', '')} (planner.enforce is false: deploying anyway)")
     return None, result
+
+
+def _remembered(sb: StatusBuilder, state: str) -> dict:
+    """What an earlier pass read from the step's pod, for when the pod is gone (pod GC, TTL)."""
+    prev = sb.previous
+    if state == "succeeded" and (prev.get("source") or {}).get("resolvedRevision"):
+        plan = {k: v for k, v in (prev.get("plan") or {}).items() if k != "perGpu"} or None
+        return {"plan": plan, "resolvedRevision": prev["source"]["resolvedRevision"], "format": prev["source"].get("format")}
+    cond = next((c for c in prev.get("conditions") or [] if c["type"] == "Downloaded"), None)
+    if state == "failed" and cond and cond.get("status") == "False" and cond.get("reason") != "Downloading":
+        return {"error": {"reason": cond["reason"], "message": cond["message"]}, "plan": prev.get("plan")}
+    return {}
 
 
 def _plan_status(plan: dict) -> dict:

@@ -129,3 +129,17 @@ def test_shared_claim_creates_no_pvc():
     d = decide(model(cache={"claimName": "shared"}), None, Observed(), S)
     assert [a.obj["kind"] for a in d.actions] == ["Job"]
     assert build_cache_pvc(model(cache={"claimName": "shared"}), S) is None
+
+
+def test_result_survives_pod_garbage_collection():
+    """Once read, the plan and the failure reason stay even when the Job's pods are gone."""
+    m = model()
+    job, pods = done_job(build_download_job(m, S, "24GiB"), {"resolvedRevision": "abc", "plan": PLAN, "format": "safetensors"})
+    first = decide(m, None, Observed(pvc={}, download_job=job, download_pods=pods), S, "24GiB")
+    later = decide(m, first.status, Observed(pvc={}, download_job=job, download_pods=[]), S, "24GiB")
+    assert later.status["plan"] == first.status["plan"] and later.status["source"] == first.status["source"]
+    assert [a.key for a in later.actions] == [a.key for a in first.actions]
+    job, pods = done_job(build_download_job(m, S, "24GiB"), {"error": {"reason": "DiskFull", "message": "needs 16 GiB, 2 GiB free"}}, failed=True)
+    first = decide(m, None, Observed(pvc={}, download_job=job, download_pods=pods), S, "24GiB")
+    later = decide(m, first.status, Observed(pvc={}, download_job=job, download_pods=[]), S, "24GiB")
+    assert cond(later.status, "Degraded")["reason"] == "DiskFull" and later.events == []
