@@ -46,11 +46,11 @@ def _spec_from_file(path: str) -> dict[str, Any]:
     }
 
 
-def _read_json(path: Path, what: str) -> dict:
+def _read_json(path: Path, what: str, hint: str = "") -> dict:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise PlanError(f"{what}: {path} not found") from None
+        raise PlanError(f"{what}: {path} not found{hint}") from None
     except json.JSONDecodeError as exc:
         raise PlanError(f"{what}: {path} is not valid JSON ({exc})") from None
 
@@ -90,7 +90,8 @@ def _load_config(args, spec: dict) -> tuple[dict, dict | None]:
         if folder is None:
             raise PlanError(f"spec.source.uri {uri}: cannot read config.json from this scheme "
                             f"here; download it and pass --config config.json")
-        config = _read_json(folder / "config.json", f"spec.source.uri {uri}")
+        config = _read_json(folder / "config.json", f"spec.source.uri {uri}",
+                            "; pass --config config.json")
         index_path = Path(args.index) if args.index else folder / "model.safetensors.index.json"
     index = _read_json(index_path, "--index") if index_path.is_file() or args.index else None
     return config, index

@@ -96,6 +96,20 @@ def test_bad_input_exits_2_naming_what_to_pass(capsys, argv, message):
     assert message in capsys.readouterr().err
 
 
+def test_model_source_without_config_says_what_to_pass(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    path = model_yaml(tmp_path, f"file://{tmp_path / 'empty'}")
+    assert main(["plan", "-f", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "config.json not found; pass --config config.json" in err
+
+
+def test_invalid_model_file_exits_2(tmp_path, capsys):
+    path = model_yaml(tmp_path, "file:///x", gpus=-1)
+    assert main(["plan", "-f", str(path)]) == 2
+    assert "gpus" in capsys.readouterr().err
+
+
 def test_bad_config_names_the_missing_key(tmp_path, capsys):
     broken = json.loads(LLAMA.read_text())
     del broken["num_hidden_layers"]
