@@ -27,7 +27,7 @@ def run(args) -> int:
         start_http_server(args.metrics_port)
     asyncio.run(kopf.operator(
         clusterwide=not args.namespace,
-        namespaces=args.namespace or None,
+        namespaces=args.namespace or (),
         standalone=args.peering is None,
         peering_name=args.peering,
         liveness_endpoint=args.liveness,
