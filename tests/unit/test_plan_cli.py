@@ -79,8 +79,12 @@ def test_hf_source_reads_config_through_huggingface_hub(tmp_path, capsys, monkey
     (repo / "refs" / "main").write_text(commit)
     (repo / "snapshots" / commit).mkdir(parents=True)
     shutil.copy(CONFIGS / "qwen2-0.5b.json", repo / "snapshots" / commit / "config.json")
+    import huggingface_hub.constants as hf_constants  # read at import: patch the module too
+
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
     path = model_yaml(tmp_path, "hf://org/llama", gpus=1, gpuMemory="24GB")
     code, plan = run_json(capsys, "-f", str(path))
     assert code == 0 and plan["parameters"] == 494_032_768
