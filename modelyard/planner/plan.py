@@ -120,11 +120,8 @@ def _check_args(gpus: Any, max_model_len: Any) -> None:
         raise PlanError(f"maxModelLen: {max_model_len!r} must be a whole number ≥ 1")
 
 
-def _plan(*, config, precision, engine, gpus, gpu_memory, max_model_len, index,
-          adapters_max_rank, memory) -> tuple[Plan, dict]:
-    _check_args(gpus, max_model_len)
-    data, notes = text_view(config if isinstance(config, dict) else {})
-    c = Cfg(data if isinstance(config, dict) else config)
+def _weights(c: Cfg, precision: str, engine: str, gpus: int, index: dict | None, notes: list):
+    """Precision, engine and scheme resolved, and the weight bytes they give."""
     lay, more = layout_for(c)
     notes += more
     prec, pre, more = resolve_precision(precision, c)
@@ -140,21 +137,37 @@ def _plan(*, config, precision, engine, gpus, gpu_memory, max_model_len, index,
     native = pre is not None or (quant is None and prec == (checkpoint_dtype(c) or prec))
     wbytes, more = _cross_check(total, computed, native=native)
     notes += more
+    return lay, prec, pre, eng, quant, wbytes
+
+
+def _context_cap(c: Cfg, max_model_len: int | None, notes: list) -> tuple[int, int]:
+    """(the model's max_position_embeddings, the longest context the plan may use)."""
+    mpe = c.get("max_position_embeddings")
+    if not isinstance(mpe, int) or mpe < 1:
+        mpe = max_model_len or DEFAULT_MAX_POSITIONS
+        notes.append(f"config.json has no max_position_embeddings: assumed {mpe} "
+                     f"(transformers' default for most families)")
+    if max_model_len and max_model_len > mpe:
+        notes.append(f"maxModelLen {max_model_len} is above the model's "
+                     f"max_position_embeddings {mpe}; capped")
+    return mpe, min(max_model_len, mpe) if max_model_len else mpe
+
+
+def _plan(*, config, precision, engine, gpus, gpu_memory, max_model_len, index,
+          adapters_max_rank, memory) -> tuple[Plan, dict]:
+    _check_args(gpus, max_model_len)
+    if not isinstance(config, dict):
+        raise PlanError(f"config.json: expected a JSON object, got {type(config).__name__}")
+    data, notes = text_view(config)
+    c = Cfg(data)
+    lay, prec, pre, eng, quant, wbytes = _weights(c, precision, engine, gpus, index, notes)
     gpu_mem, more = _gpu_memory(gpu_memory, gpus)
     notes += more
     host_mem, more = _host_memory(memory, gpus)
     notes += more
     lora, more = _lora_bytes(lay, adapters_max_rank)
     notes += more + sliding_window_note(c)
-    mpe = c.get("max_position_embeddings")
-    if not isinstance(mpe, int) or mpe < 1:
-        mpe = max_model_len or DEFAULT_MAX_POSITIONS
-        notes.append(f"config.json has no max_position_embeddings: assumed {mpe} "
-                     f"(transformers' default for most families)")
-    cap = min(max_model_len, mpe) if max_model_len else mpe
-    if max_model_len and max_model_len > mpe:
-        notes.append(f"maxModelLen {max_model_len} is above the model's "
-                     f"max_position_embeddings {mpe}; capped")
+    mpe, cap = _context_cap(c, max_model_len, notes)
     kv_dtype = kv_dtype_bytes(prec)
     ask = Ask(c, wbytes, kv_dtype, kv_dtype, gpus, gpu_mem, host_mem, cap,
               max_model_len is not None, lora)

@@ -253,3 +253,13 @@ def test_suggestion_quantizes_when_eight_gpus_are_not_enough():
     assert not p.fits and p.precision == "bfloat16"
     assert p.suggestion == "precision int4 (compressed-tensors W4A16)"  # int8 is still too big
     assert not plan(bf16, gpus=8, gpu_memory="nvidia-h100-80gb", precision="int8").fits
+
+
+def test_multimodal_config_plans_the_text_model():
+    wrapped = {"architectures": ["LlavaForConditionalGeneration"], "model_type": "llava",
+               "text_config": LLAMA, "vision_config": {"hidden_size": 1024}}
+    p = plan(wrapped, gpus=1, gpu_memory="80GiB")
+    assert p.parameters == LLAMA_PARAMS
+    assert any("text_config" in a for a in p.assumptions)
+    with pytest.raises(PlanError, match="expected a JSON object"):
+        plan(["not", "a", "config"])
