@@ -1,0 +1,96 @@
+"""The metric names are a contract with the chart's dashboard and alerts; GPU memory comes from
+NVML at scrape time and is simply absent without a GPU."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from modelyard.runtime import gpu, metrics
+from modelyard.runtime.metrics import ServingMetrics
+
+CONTRACT = {
+    "modelyard_request_duration_seconds", "modelyard_time_to_first_token_seconds",
+    "modelyard_prompt_tokens_total", "modelyard_generation_tokens_total", "modelyard_requests_total",
+    "modelyard_requests_in_flight", "modelyard_gpu_memory_used_bytes", "modelyard_gpu_memory_total_bytes",
+    "modelyard_planned_gpu_memory_bytes", "modelyard_adapter_loaded", "modelyard_model_load_seconds",
+    "modelyard_engine_info",
+}
+
+
+def _samples(m: ServingMetrics) -> dict:
+    out = {}
+    for family in text_string_to_metric_families(m.render().decode()):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _fresh_nvml_probe():
+    gpu.reset()
+    yield
+    gpu.reset()
+
+
+def test_constants_are_the_contract_names():
+    names = {getattr(metrics, n) for n in dir(metrics) if n.isupper() and isinstance(getattr(metrics, n), str)
+             and getattr(metrics, n).startswith("modelyard_")}
+    assert names == CONTRACT
+    assert metrics.LATENCY_BUCKETS[0] <= 0.01 and metrics.LATENCY_BUCKETS[-1] >= 120
+
+
+def test_no_gpu_here_means_no_gpu_series_and_no_crash():
+    import pynvml
+
+    with pytest.raises(pynvml.NVMLError):
+        pynvml.nvmlInit()  # this machine has no GPU driver: the real library says so
+    assert gpu.gpu_memory() == []
+    samples = _samples(ServingMetrics("accelerate", "m"))
+    assert not any(name.startswith("modelyard_gpu_memory") for name, _ in samples)
+    assert ("modelyard_engine_info", (("engine", "accelerate"), ("model", "m"))) in samples
+
+
+class _NvmlWithTwoGpus:
+    """Stands in for pynvml on a 2-GPU node (no GPU here): same function names and return shapes."""
+    NVMLError = type("NVMLError", (Exception,), {})
+
+    def nvmlInit(self):
+        pass
+
+    def nvmlDeviceGetCount(self):
+        return 2
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        return i
+
+    def nvmlDeviceGetMemoryInfo(self, handle):
+        return SimpleNamespace(used=(handle + 1) * 10 * 2**30, total=80 * 2**30, free=0)
+
+
+def test_gpu_memory_per_gpu_at_scrape_time(monkeypatch):
+    monkeypatch.setattr(gpu, "_nvml", lambda: _NvmlWithTwoGpus())
+    samples = _samples(ServingMetrics("vllm", "m", planned_gpu_bytes=5))
+    assert samples[("modelyard_gpu_memory_used_bytes", (("gpu", "1"),))] == 20 * 2**30
+    assert samples[("modelyard_gpu_memory_total_bytes", (("gpu", "0"),))] == 80 * 2**30
+    assert samples[("modelyard_planned_gpu_memory_bytes", ())] == 5
+
+
+def test_requests_tokens_and_adapters_follow_calls():
+    m = ServingMetrics("accelerate", "base")
+    assert not any(n == "modelyard_planned_gpu_memory_bytes" for n, _ in _samples(m))
+    m.request_done("base", "completions", 200, 0.3)
+    m.request_done("base", "completions", 400, 0.001)
+    m.tokens("base", prompt=7, generated=5)
+    m.first_token("base", 0.02)
+    m.adapter_added("sql")
+    s = _samples(m)
+    assert s[("modelyard_requests_total", (("code", "200"), ("endpoint", "completions"), ("model", "base")))] == 1
+    assert s[("modelyard_request_duration_seconds_count", (("endpoint", "completions"), ("model", "base")))] == 2
+    assert s[("modelyard_prompt_tokens_total", (("model", "base"),))] == 7
+    assert s[("modelyard_generation_tokens_total", (("model", "base"),))] == 5
+    assert s[("modelyard_adapter_loaded", (("adapter", "sql"),))] == 1
+    m.adapter_removed("sql")
+    m.adapter_removed("never-loaded")  # harmless
+    assert ("modelyard_adapter_loaded", (("adapter", "sql"),)) not in _samples(m)
