@@ -61,7 +61,7 @@ VLLM_SCHEMES = {
     "fp8": Quant("fp8", "compressed-tensors FP8_DYNAMIC", 8, "channel", 2),
 }
 # bitsandbytes at load time (accelerate engine). LLM.int8 keeps one float32 scale per row
-# (``SCB``); NF4 keeps one float32 absmax per 64-weight block (bnb ``blocksize=64``,
+# (``SCB``); NF4/FP4 keep one float32 absmax per 64-weight block (bnb ``blocksize=64``,
 # double quantization off: transformers' BitsAndBytesConfig default).
 ACCELERATE_SCHEMES = {
     "int8": Quant("int8", "bitsandbytes-8bit", 8, "channel", 4),
