@@ -30,7 +30,7 @@ class Hasher:
         return out
 
 
-def sha256(path: Path, chunk: int = 8 << 20) -> str:
+def sha256(path: Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):

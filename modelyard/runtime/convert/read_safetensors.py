@@ -1,6 +1,7 @@
 """Read safetensors shards tensor by tensor (``safe_open``), one file open at a time."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from safetensors import safe_open
@@ -19,26 +20,53 @@ def _open(path: Path):
 
 
 class SafetensorsSource(TensorSource):
+    """Header checked by safetensors; data read with plain ``readinto`` in file order, one tensor at a
+    time, so no memory map keeps a whole shard resident."""
+
     format = "safetensors"
 
     def __init__(self, files: list[Path]):
         super().__init__()
         self.files = files
         self.entries = []
+        self._offsets: dict[tuple[Path, str], tuple[int, int]] = {}
         for path in files:
-            with _open(path) as f:
-                for name in f.keys():
-                    sl = f.get_slice(name)
-                    self.entries.append(Entry(name, tuple(sl.get_shape()), _dtype(sl.get_dtype(), path), path))
+            with _open(path):
+                pass  # validates the header (and that the file is long enough for it)
+            header, data_start = _header(path)
+            size = path.stat().st_size
+            for name, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
+                begin, end = info["data_offsets"]
+                if data_start + end > size:
+                    raise ConvertError("CorruptFile", f"{path.name} is truncated: tensor {name} ends at byte {data_start + end} but the file has {size}")
+                self._offsets[(path, name)] = (data_start + begin, end - begin)
+                self.entries.append(Entry(name, tuple(info["shape"]), _dtype(info["dtype"], path), path))
 
     def _iter(self):
+        import torch
+
+        by_file: dict[Path, list[Entry]] = {}
+        for e in self.entries:
+            by_file.setdefault(e.file, []).append(e)
         for path in self.files:
-            with _open(path) as f:
-                for name in f.keys():
-                    try:
-                        yield name, f.get_tensor(name)
-                    except Exception as exc:
-                        raise ConvertError("CorruptFile", f"{path.name}: tensor {name} cannot be read: {exc}") from None
+            with open(path, "rb", buffering=0) as fh:
+                for e in by_file.get(path, []):
+                    start, length = self._offsets[(path, e.name)]
+                    t = torch.empty(e.shape, dtype=e.dtype)
+                    if length:
+                        fh.seek(start)
+                        got = fh.readinto(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+                        if got != length:
+                            raise ConvertError("CorruptFile", f"{path.name}: tensor {e.name} is cut short ({got} of {length} bytes)")
+                    yield e.name, t
+
+
+def _header(path: Path) -> tuple[dict, int]:
+    with open(path, "rb") as fh:
+        n = int.from_bytes(fh.read(8), "little")
+        header = json.loads(fh.read(n))
+    header.pop("__metadata__", None)
+    return header, 8 + n
 
 
 _DTYPES = {
