@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from modelyard.planner.config import Cfg
-from modelyard.planner.sizes import GiB, MiB
+from modelyard.planner.sizes import GiB
 
 # vLLM ``EngineArgs.gpu_memory_utilization`` default (vllm/engine/arg_utils.py, CacheConfig):
 # vLLM claims this fraction of each GPU's total memory for weights + activations + KV cache.
@@ -33,7 +33,6 @@ DEFAULT_HOST_MEMORY = 32 * GiB
 # A context shorter than this is not worth serving unless the user asks for it.
 MIN_MODEL_LEN = 2048
 ACT_BYTES = 2  # activations run in 16-bit for every precision but float32
-_ = MiB
 
 
 def mlp_width(c: Cfg) -> int:
