@@ -12,6 +12,7 @@ from modelyard.operator import observe as ob
 from modelyard.operator.resources import (
     Settings,
     base_dir,
+    build_adapters_configmap,
     build_cache_pvc,
     build_convert_job,
     build_deployment,
@@ -20,6 +21,7 @@ from modelyard.operator.resources import (
     convert_recipe,
     converted_dir,
     endpoint,
+    served_adapters,
 )
 from modelyard.operator.status import StatusBuilder
 
@@ -166,6 +168,11 @@ def _describe(recipe: dict) -> str:
 def _deploy(model: Model, obs: ob.Observed, settings: Settings, sb: StatusBuilder, d: Decision, plan: dict, model_dir: str) -> str:
     desired = build_deployment(model, settings, plan, model_dir)
     _ensure(d, build_service(model), obs.service)
+    adapters_cm = build_adapters_configmap(model)
+    if adapters_cm:
+        _ensure(d, adapters_cm, obs.adapters_configmap)
+    elif obs.adapters_configmap:
+        d.actions.append(Action("delete", obs.adapters_configmap))
     if _ensure(d, desired, obs.deployment):
         current = (obs.deployment.get("spec") or {}).get("replicas")
         if current != model.spec.replicas:
@@ -180,10 +187,26 @@ def _deploy(model: Model, obs: ob.Observed, settings: Settings, sb: StatusBuilde
         sb.condition("Ready", False, "ScaledToZero", "spec.replicas is 0")
         return "Deploying"
     if rolled:
-        sb.condition("Ready", True, "Ready", f"{ready}/{model.spec.replicas} replicas serving at {endpoint(model)}")
+        sb.condition("Ready", True, "Ready", f"{ready}/{model.spec.replicas} replicas serving at {endpoint(model)}{_adapters(model, obs, sb, d, ready)}")
         return "Ready"
     sb.condition("Ready", False, "Deploying", f"{ready}/{model.spec.replicas} replicas ready; waiting for the model to load")
     return "Deploying"
+
+
+def _adapters(model: Model, obs: ob.Observed, sb: StatusBuilder, d: Decision, ready: int) -> str:
+    """status.adapters from the pods, and a note while some pods have not loaded them yet."""
+    wanted = served_adapters(model)
+    if not wanted:
+        sb.set("adapters", None)
+        return ""
+    if obs.adapter_pods is None:
+        return ""
+    sb.set("adapters", [{"name": n, "loadedPods": obs.adapter_pods.get(n, 0)} for n in sorted(wanted)])
+    loading = [f"{n} ({obs.adapter_pods.get(n, 0)}/{ready} pods)" for n in sorted(wanted) if obs.adapter_pods.get(n, 0) < ready]
+    if loading:
+        d.retry_after = 5  # the kubelet refreshes the mounted ConfigMap within about a minute
+        return "; loading adapters: " + ", ".join(loading)
+    return ""
 
 
 def decide(model: Model, previous_status: dict | None, obs: ob.Observed, settings: Settings, gpu_memory: str | None = None) -> Decision:

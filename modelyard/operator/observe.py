@@ -20,6 +20,9 @@ class Observed:
     convert_log: str | None = None
     deployment: dict | None = None
     service: dict | None = None
+    adapters_configmap: dict | None = None
+    # adapter name -> serving pods that report it loaded (None: not probed)
+    adapter_pods: dict[str, int] | None = None
 
 
 def spec_hash(obj: dict | None) -> str | None:

@@ -12,7 +12,9 @@ from modelyard.operator.decide import Action, Decision, decide
 from modelyard.operator.kube import Kube
 from modelyard.operator.observe import Observed, job_state, owned_pods
 from modelyard.operator.resources import Settings
-from modelyard.operator.resources.common import cache_claim
+from modelyard.operator import probe
+from modelyard.operator.resources import served_adapters
+from modelyard.operator.resources.common import COMPONENT_LABEL, INSTANCE_LABEL, cache_claim
 from modelyard.operator.status import StatusBuilder, changed, now
 
 log = logging.getLogger("modelyard.operator")
@@ -70,7 +72,11 @@ class Reconciler:
             convert_job=self.kube.get("Job", ns, f"{name}-convert"),
             deployment=self.kube.get("Deployment", ns, name),
             service=self.kube.get("Service", ns, name),
+            adapters_configmap=self.kube.get("ConfigMap", ns, f"{name}-adapters") if served_adapters(model) else None,
         )
+        if obs.deployment and served_adapters(model):
+            pods = self.kube.list("Pod", ns, {INSTANCE_LABEL: name, COMPONENT_LABEL: "server"})
+            obs.adapter_pods = probe.adapters_loaded(pods, model.spec.serving.port)
         obs.download_pods, obs.download_log = self._pods_and_log(ns, obs.download_job, "download")
         obs.convert_pods, obs.convert_log = self._pods_and_log(ns, obs.convert_job, "convert")
         return obs

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import copy
+import json
 
 from modelyard.api import parse_model
 from modelyard.operator.resources import (
     SPEC_HASH,
     Settings,
+    build_adapters_configmap,
     build_cache_pvc,
     build_convert_job,
     build_deployment,
@@ -127,10 +129,11 @@ def test_deployment():
     assert c["args"] == ["serve", "--engine", "vllm", "--model", "/cache/sources/x", "--port", "8000",
                          "--served-model-name", "llama", "--gpus", "2", "--precision", "bfloat16",
                          "--max-model-len", "8192", "--planned-gpu-bytes", str(40 * 2**30),
-                         "--adapter", f"sql={source_dir('hf://someone/sql-lora')}"]
+                         "--adapters-file", "/etc/modelyard/adapters/adapters.json"]
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "2"
     assert c["startupProbe"]["httpGet"] == {"path": "/health", "port": "http"}
     assert {"name": "dshm", "mountPath": "/dev/shm"} in c["volumeMounts"]
+    assert {"name": "adapters", "configMap": {"name": "llama-adapters"}} in pod["volumes"]
     assert pod["volumes"][0]["persistentVolumeClaim"] == {"claimName": "llama-cache", "readOnly": True}
     assert pod["automountServiceAccountToken"] is False
     assert dep["spec"]["template"]["metadata"]["annotations"][SPEC_HASH] == dep["metadata"]["annotations"][SPEC_HASH]
@@ -157,3 +160,16 @@ def test_service_and_endpoint():
     assert svc["spec"]["ports"] == [{"name": "http", "port": 8000, "targetPort": "http", "protocol": "TCP"}]
     assert svc["spec"]["selector"] == {"app.kubernetes.io/instance": "llama", "app.kubernetes.io/component": "server"}
     assert endpoint(model()) == "http://llama.ml.svc:8000/v1"
+
+
+def test_adapters_configmap_changes_without_rolling_the_deployment():
+    cm = build_adapters_configmap(model())
+    assert cm["metadata"]["name"] == "llama-adapters"
+    assert json.loads(cm["data"]["adapters.json"]) == {"sql": source_dir("hf://someone/sql-lora")}
+    two = model(adapters=[{"name": "sql", "uri": "hf://someone/sql-lora"}, {"name": "chat", "uri": "hf://someone/chat-lora"}])
+    assert build_adapters_configmap(two)["metadata"]["annotations"] != cm["metadata"]["annotations"]
+    h = lambda m: build_deployment(m, SETTINGS, PLAN, "/cache/x")["metadata"]["annotations"][SPEC_HASH]  # noqa: E731
+    assert h(two) == h(model())
+    merged = model(adapters=[{"name": "sql", "uri": "hf://someone/sql-lora", "merge": True}])
+    assert build_adapters_configmap(merged) is None
+    assert "--adapters-file" not in build_deployment(merged, SETTINGS, PLAN, "/cache/x")["spec"]["template"]["spec"]["containers"][0]["args"]

@@ -20,6 +20,29 @@ from modelyard.operator.resources.common import (
 from modelyard.operator.resources.download import adapter_dir
 
 
+ADAPTERS_DIR = "/etc/modelyard/adapters"
+ADAPTERS_FILE = f"{ADAPTERS_DIR}/adapters.json"
+
+
+def served_adapters(model: Model) -> dict[str, str]:
+    """Adapters served beside the base (merged ones are baked into the weights), name -> folder."""
+    return {a.name: adapter_dir(a) for a in model.spec.adapters if not a.merge}
+
+
+def build_adapters_configmap(model: Model) -> dict | None:
+    """`<name>-adapters`: what every serving pod loads; the server re-reads it and hot-loads changes."""
+    adapters = served_adapters(model)
+    if not adapters:
+        return None
+    data = {"adapters.json": json.dumps(adapters, sort_keys=True, indent=2) + "\n"}
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(model, f"{model.name}-adapters", "server", digest(data)),
+        "data": data,
+    }
+
+
 def endpoint(model: Model) -> str:
     return f"http://{model.name}.{model.namespace}.svc:{model.spec.serving.port}/v1"
 
@@ -39,9 +62,9 @@ def serve_args(model: Model, plan: dict, model_dir: str) -> list[str]:
             args += ["--offload-folder", "/tmp/offload"]
     if plan.get("perGpuBytes") and spec.gpus:
         args += ["--planned-gpu-bytes", str(plan["perGpuBytes"])]
-    for adapter in spec.adapters:
-        if not adapter.merge:
-            args += ["--adapter", f"{adapter.name}={adapter_dir(adapter)}"]
+    if served_adapters(model):
+        # Not --adapter flags: the file follows the ConfigMap, so adapter changes need no restart.
+        args += ["--adapters-file", ADAPTERS_FILE]
     if spec.serving.args:
         args += ["--", *spec.serving.args]
     return args
@@ -88,6 +111,9 @@ def build_deployment(model: Model, settings: Settings, plan: dict, model_dir: st
         "containers": [container],
         "volumes": [cache_volume(model, read_only=True), shm] + volumes,
     }
+    if served_adapters(model):
+        container["volumeMounts"].append({"name": "adapters", "mountPath": ADAPTERS_DIR, "readOnly": True})
+        pod_spec["volumes"].append({"name": "adapters", "configMap": {"name": f"{model.name}-adapters"}})
     if spec.node_selector:
         pod_spec["nodeSelector"] = dict(spec.node_selector)
     if spec.tolerations:
