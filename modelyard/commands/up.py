@@ -1,11 +1,50 @@
-"""`modelyard up` (not implemented yet)."""
+"""`modelyard up -f model.yaml`: local mode. Validates the Model, then runs the same steps as the
+cluster (download → convert when needed → serve) as child processes, prints the endpoint and a
+curl to try it, and stops everything cleanly on Ctrl-C."""
 from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
 
 
 def register(sub) -> None:
-    p = sub.add_parser("up", help="up (not implemented yet)")
+    p = sub.add_parser("up", help="run a Model locally: download, convert, serve (no cluster)",
+                       description="Run a Model on this machine with the same steps the operator runs.")
+    p.add_argument("-f", "--file", required=True, type=Path, help="the Model YAML")
+    p.add_argument("--port", type=int, help="port to serve on (default: spec.serving.port, 8000)")
+    p.add_argument("--workdir", type=Path, default=Path(".modelyard"),
+                   help="cache and logs (default .modelyard); reused by the next `up`")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    raise SystemExit("modelyard up: not implemented yet")
+    from modelyard.api import ValidationError, load_model
+    from modelyard.runtime.local import LocalRun, Options, StepFailed
+
+    try:
+        model = load_model(args.file)
+    except (ValidationError, OSError) as exc:
+        print(f"modelyard up: invalid Model:\n{exc}", file=sys.stderr)
+        return 2
+    opts = Options(yaml_path=args.file, workdir=args.workdir.resolve(), port=args.port or model.spec.serving.port)
+    local = LocalRun(model, opts)
+
+    def on_signal(signum, frame):
+        print(f"\nmodelyard up: {signal.Signals(signum).name}: stopping", file=sys.stderr, flush=True)
+        local.stop()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    print(f"modelyard up: {model.name} (engine {model.spec.engine}, precision {model.spec.precision}, "
+          f"gpus {model.spec.gpus}); work folder {opts.workdir}", flush=True)
+    try:
+        return local.run()
+    except KeyboardInterrupt:
+        local.shutdown()
+        print("modelyard up: stopped", flush=True)
+        return 0
+    except StepFailed as exc:
+        local.shutdown()
+        print(f"modelyard up: {exc}", file=sys.stderr)
+        return 1
