@@ -21,6 +21,8 @@ def register(sub) -> None:
     p.add_argument("--model", required=True, help="model folder (config.json, weights, tokenizer)")
     p.add_argument("--adapter", action="append", default=[], metavar="NAME=DIR",
                    help="LoRA adapter served as model NAME (repeatable)")
+    p.add_argument("--adapters-file", metavar="FILE",
+                   help="JSON {name: folder} of adapters to serve; re-read while serving, changes hot-load")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
     p.add_argument("--served-model-name", help="model name clients send (default: the folder name)")
@@ -47,4 +49,20 @@ def run(args) -> int:
     if args.gpus < 0:
         print("modelyard serve: --gpus must be 0 (CPU) or more", file=sys.stderr)
         return 2
-    return int(engine.serve(args) or 0)
+    sync = None
+    if args.adapters_file:
+        from modelyard.runtime.adapter_sync import AdapterSync, read_adapters_file
+
+        try:
+            initial = read_adapters_file(args.adapters_file)
+        except ValueError as exc:
+            print(f"modelyard serve: --adapters-file {exc}", file=sys.stderr)
+            return 2
+        args.adapter = list(args.adapter) + [f"{n}={d}" for n, d in initial.items()]
+        host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+        sync = AdapterSync(args.adapters_file, f"http://{host}:{args.port}", loaded=initial).start()
+    try:
+        return int(engine.serve(args) or 0)
+    finally:
+        if sync:
+            sync.stop()

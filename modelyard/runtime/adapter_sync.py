@@ -53,7 +53,9 @@ class AdapterSync:
             while not self._stop.wait(self.interval):
                 try:
                     self.sync_once(client)
-                except Exception as exc:  # the server may be busy or restarting: try again next tick
+                except (httpx.ConnectError, httpx.HTTPStatusError):
+                    pass  # not serving yet (loading the model): try again next tick
+                except Exception as exc:  # the server may be busy: try again next tick
                     log.warning("adapter sync: %s", exc)
 
     def served(self, client: httpx.Client) -> set[str]:
