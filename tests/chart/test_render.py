@@ -127,6 +127,7 @@ def test_operator_deployment_runs_modelyard_operator_safely():
     dep = one(render([]), "Deployment")
     pod = dep["spec"]["template"]["spec"]
     (c,) = pod["containers"]
+    assert c["command"] == ["modelyard", "operator"]
     assert c["args"][:4] == ["--metrics-port", "8080", "--liveness", "http://0.0.0.0:8081/healthz"]
     assert c["args"][-2:] == ["--peering", f"{RELEASE}-modelyard"]
     assert "--namespace" not in c["args"]
@@ -151,21 +152,40 @@ def test_two_replicas_share_one_peering():
     assert one(objs, "ClusterKopfPeering")["metadata"]["name"] == "modelyard-ha"
 
 
-def test_config_map_has_images_profiles_and_cache():
-    cm = one(render([]), "ConfigMap", "-config")
+def _settings(tmp_path, *sets):
+    """The rendered config.yaml as the operator reads it (modelyard.operator.config.load_settings)."""
+    from modelyard.operator.config import load_settings
+    cm = one(render([], sets), "ConfigMap", "-config")
     assert cm["metadata"]["name"] == f"{RELEASE}-config"
-    config = yaml.safe_load(cm["data"]["config.yaml"])
-    assert config["images"] == {
-        "download": "ghcr.io/modelyard/modelyard-runtime:0.1.0",
-        "convert": "ghcr.io/modelyard/modelyard-convert:0.1.0",
-        "serveVllm": "ghcr.io/modelyard/modelyard-serve-vllm:0.1.0",
-        "serveAccelerate": "ghcr.io/modelyard/modelyard-serve-accelerate:0.1.0",
+    path = tmp_path / "config.yaml"
+    path.write_text(cm["data"]["config.yaml"])
+    return load_settings(str(path))
+
+
+def test_operator_reads_images_profiles_and_cache_from_the_config_map(tmp_path):
+    settings = _settings(tmp_path)
+    assert settings.images == {
+        "download": "ghcr.io/modelyard/runtime:0.1.0",
+        "convert": "ghcr.io/modelyard/convert:0.1.0",
+        "serveVllm": "ghcr.io/modelyard/serve-vllm:0.1.0",
+        "serveAccelerate": "ghcr.io/modelyard/serve-accelerate:0.1.0",
     }
-    assert config["cache"]["defaultStorageClass"] == ""
-    a100 = config["profiles"]["nvidia-a100-80gb"]
+    # No StorageClass configured: the key is absent, so PVCs get the cluster default
+    # (storageClassName "" would disable dynamic provisioning).
+    assert settings.default_storage_class is None
+    assert settings.image_pull_policy == "IfNotPresent"
+    a100 = settings.profiles["nvidia-a100-80gb"]
     assert a100["gpuResource"] == "nvidia.com/gpu" and a100["memory"] == "80GiB"
     assert a100["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
-    assert {"nvidia-h100-80gb", "nvidia-l4-24gb", "nvidia-t4-16gb"} <= set(config["profiles"])
+    assert {"nvidia-h100-80gb", "nvidia-l4-24gb", "nvidia-t4-16gb"} <= set(settings.profiles)
+
+
+def test_config_values_reach_the_operator(tmp_path):
+    settings = _settings(tmp_path, "config.cache.defaultStorageClass=fast-nvme", "config.images.convert.tag=9.9.9",
+                         "config.imagePullPolicy=Always")
+    assert settings.default_storage_class == "fast-nvme"
+    assert settings.images["convert"] == "ghcr.io/modelyard/convert:9.9.9"
+    assert settings.image_pull_policy == "Always"
 
 
 def test_config_change_rolls_the_operator():
@@ -252,3 +272,14 @@ def test_notes_for_a_namespaced_install_apply_into_a_watched_namespace(tmp_path)
     notes = _notes(tmp_path, ALL["namespaced"])
     assert "watches namespaces: team-a, team-b" in notes
     assert "kubectl apply -n team-a -f -" in notes
+
+
+@pytest.mark.parametrize("values", [v for _, v in VALUE_SETS], ids=IDS)
+def test_operator_cli_accepts_the_rendered_command(values):
+    from modelyard.cli import build_parser
+    c = one(render(values), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert c["command"][0] == "modelyard"
+    args = build_parser().parse_args([*c["command"][1:], *c["args"]])
+    assert args.command == "operator" and args.metrics_port == 8080
+    assert args.liveness == "http://0.0.0.0:8081/healthz"
+    assert args.namespace == yaml.safe_load(values[0].read_text()).get("watchNamespaces", []) if values else []
