@@ -282,4 +282,5 @@ def test_operator_cli_accepts_the_rendered_command(values):
     args = build_parser().parse_args([*c["command"][1:], *c["args"]])
     assert args.command == "operator" and args.metrics_port == 8080
     assert args.liveness == "http://0.0.0.0:8081/healthz"
-    assert args.namespace == yaml.safe_load(values[0].read_text()).get("watchNamespaces", []) if values else []
+    watched = yaml.safe_load(values[0].read_text()).get("watchNamespaces", []) if values else []
+    assert args.namespace == watched
