@@ -5,8 +5,8 @@ Configuration comes from the environment only: ``AWS_ACCESS_KEY_ID`` / ``AWS_SEC
 ``AWS_REGION`` / ``AWS_DEFAULT_REGION`` (default us-east-1), ``MODELYARD_S3_ADDRESSING``
 (``path``/``virtual``/``auto``; path-style by default when a custom endpoint is set).
 
-Every object is split in ``MODELYARD_S3_CHUNK_MB`` (default 16) MiB ranges and all ranges of all
-files share one pool of ``MODELYARD_S3_CONCURRENCY`` (default 16) workers, each a ranged GET
+Every object is split in ``MODELYARD_S3_CHUNK_MB`` (default 8) MiB ranges and all ranges of all
+files share one pool of ``MODELYARD_S3_CONCURRENCY`` (default 10, like s3transfer) workers, each a ranged GET
 written in place with ``pwrite``. A journal ``<file>.chunks`` beside the partial file lists the
 finished ranges, so a killed run only fetches the missing ones. The resolved revision is a digest
 of the listed keys, sizes and ETags. A published full-object SHA-256 checksum is verified.
@@ -54,8 +54,8 @@ class S3Source:
 
     def __init__(self, uri: str, bucket: str, prefix: str, revision: str | None):
         self.uri, self.bucket, self.prefix, self.revision = uri, bucket, prefix, revision
-        self.workers = int(os.environ.get("MODELYARD_S3_CONCURRENCY", "16"))
-        self.chunk = int(os.environ.get("MODELYARD_S3_CHUNK_MB", "16")) << 20
+        self.workers = int(os.environ.get("MODELYARD_S3_CONCURRENCY", "10"))
+        self.chunk = int(os.environ.get("MODELYARD_S3_CHUNK_MB", "8")) << 20
         self.client = make_client(self.workers)
         self._objects: list[dict] | None = None
 
