@@ -161,6 +161,8 @@ def _cel_rule(rule: dict, path: str, value: Any, old: Any) -> list[Error]:
 
 
 def _walk_cel(schema: dict, value: Any, old: Any, parts: list) -> list[Error]:
+    if old is not None and value == old:
+        return []  # ratcheting, as the server does (1.30+): an unchanged value is not re-checked
     errors: list[Error] = []
     path = _path(parts)
     for rule in schema.get("x-kubernetes-validations") or []:
@@ -176,29 +178,41 @@ def _walk_cel(schema: dict, value: Any, old: Any, parts: list) -> list[Error]:
     return errors
 
 
-@functools.lru_cache(maxsize=64)
-def _validator(schema_json: str) -> jsonschema.Draft7Validator:
-    return jsonschema.Draft7Validator(_to_jsonschema(json.loads(schema_json)))
+_PREPARED: dict[int, tuple[dict, dict, jsonschema.Draft7Validator]] = {}
 
 
-def validate_schema(schema: dict, obj: dict, old: dict | None = None) -> list[Error]:
-    """Structural errors first; CEL rules only run on a structurally valid object (as the server)."""
-    body = {k: v for k, v in obj.items() if k not in {"apiVersion", "kind", "metadata"}}
+def _prepared(schema: dict) -> tuple[dict, jsonschema.Draft7Validator]:
+    """The schema without apiVersion/kind/metadata and its validator, built once per schema."""
+    hit = _PREPARED.get(id(schema))
+    if hit is not None and hit[0] is schema:
+        return hit[1], hit[2]
     sub = copy.deepcopy(schema)
     for key in ("apiVersion", "kind", "metadata"):
         (sub.get("properties") or {}).pop(key, None)
     if sub.get("type") == "object":
         sub.setdefault("properties", {})
-    validator = _validator(json.dumps(sub, sort_keys=True))
+    validator = jsonschema.Draft7Validator(_to_jsonschema(sub))
+    _PREPARED[id(schema)] = (schema, sub, validator)  # holds `schema`, so its id is not reused
+    return sub, validator
+
+
+def _cel_view(obj: dict) -> dict:
+    """What CEL's root `self` sees: the body, and of metadata only name and generateName."""
+    meta = obj.get("metadata") or {}
+    return {**{k: v for k, v in obj.items() if k not in {"apiVersion", "kind", "metadata"}},
+            "metadata": {k: meta[k] for k in ("name", "generateName") if k in meta}}
+
+
+def validate_schema(schema: dict, obj: dict, old: dict | None = None) -> list[Error]:
+    """Structural errors first; CEL rules only run on a structurally valid object (as the server)."""
+    body = {k: v for k, v in obj.items() if k not in {"apiVersion", "kind", "metadata"}}
+    sub, validator = _prepared(schema)
     errors: list[Error] = []
     for err in sorted(validator.iter_errors(body), key=lambda e: list(map(str, e.absolute_path))):
         errors += _message(err)
     if errors:
         return errors
-    meta = obj.get("metadata") or {}
-    cel_body = {**body, "metadata": {k: meta[k] for k in ("name", "generateName") if k in meta}}
-    old_body = {k: v for k, v in (old or {}).items() if k not in {"apiVersion", "kind"}}
-    return _walk_cel(sub, cel_body, old_body if old else None, [])
+    return _walk_cel(sub, _cel_view(obj), _cel_view(old) if old else None, [])
 
 
 def validate_against_crd(crd: dict, obj: dict, old: dict | None = None) -> list[Error]:
