@@ -5,6 +5,9 @@ crafted ``__reduce__``) is refused by torch's restricted unpickler before any of
 """
 from __future__ import annotations
 
+import ctypes
+import functools
+import os
 import pickle
 import re
 from pathlib import Path
@@ -78,7 +81,43 @@ class PytorchSource(TensorSource):
     def _iter(self):
         for path in self.files:
             state = load_state_dict(path)
+            self._mapped = not _is_legacy(path)  # legacy (non-zip) files load into the heap: never madvise those
             try:
                 yield from state.items()
             finally:
                 del state  # unmaps this shard before the next one is opened
+
+
+    def release(self, piece: torch.Tensor) -> None:
+        if getattr(self, "_mapped", False):
+            release_pages(piece)
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+_MADV_DONTNEED = 4
+
+
+def release_pages(tensor: torch.Tensor) -> None:
+    """Drop the resident pages behind an mmap-loaded tensor (``madvise(MADV_DONTNEED)``).
+
+    ``torch.load(mmap=True)`` maps the file privately and read-only in practice, so the pages are
+    clean: the kernel simply re-reads them from the file if they are touched again. Without this a
+    shard's pages stay in this process's RSS until the whole shard is unmapped.
+    """
+    libc = _libc()
+    if libc is None or tensor.numel() == 0:
+        return
+    start = tensor.data_ptr()
+    end = start + tensor.numel() * tensor.element_size()
+    start = (start + _PAGE - 1) // _PAGE * _PAGE  # only whole pages that belong to this tensor
+    end = end // _PAGE * _PAGE
+    if end > start:
+        libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_DONTNEED)
+
+
+@functools.lru_cache(maxsize=1)
+def _libc():
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None

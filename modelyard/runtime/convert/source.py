@@ -51,6 +51,10 @@ class TensorSource:
     def _iter(self) -> Iterator[tuple[str, torch.Tensor]]:
         raise NotImplementedError
 
+    def release(self, piece: torch.Tensor) -> None:
+        """Called once ``piece`` (a view of a yielded tensor) is written; readers backed by a
+        memory map drop its pages here."""
+
     def model(self):
         """A loaded transformers model, for readers that only exist as one (GGUF); else None."""
         return None

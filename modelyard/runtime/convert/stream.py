@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from modelyard.runtime.convert.cast import cast_entry, cast_stream, needs_cast
+from modelyard.runtime.convert.cast import cast_entry, needs_cast
 from modelyard.runtime.convert.detect import Detected
 from modelyard.runtime.convert.expected import Expected, align, expected_for
 from modelyard.runtime.convert.publish import link_or_copy
@@ -62,8 +62,8 @@ def write_weights(found: Detected, dest: Path, dtype, max_shard_bytes: int = MAX
     progress = Progress(sum(nbytes(e) for e in entries), step="convert")
     writer = ShardWriter(dest, entries, max_shard_bytes, on_bytes=progress.advance)
     try:
-        for name, tensor in cast_stream(source.tensors(), dtype):
-            writer.write(name, tensor)
+        for name, tensor in source.tensors():
+            writer.write(name, tensor, release=source.release)
         writer.close()
     finally:
         writer.abort()

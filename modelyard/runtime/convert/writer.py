@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from modelyard.runtime.convert.cast import cast_chunks
 from modelyard.runtime.convert.source import Entry
 from modelyard.runtime.errors import ConvertError
 
@@ -64,17 +65,20 @@ class ShardWriter:
         self._fh = None
         self._on_bytes = on_bytes or (lambda n: None)
 
-    def write(self, name: str, tensor: torch.Tensor) -> None:
+    def write(self, name: str, tensor: torch.Tensor, release=None) -> None:
+        """Write ``tensor`` (cast to its planned dtype chunk by chunk); ``release(piece)`` after each chunk."""
         if self._pos >= len(self._order):
             raise ConvertError("WriteOrder", f"tensor {name} was not planned for the output")
         shard, entry = self._order[self._pos]
-        if name != entry.name or tuple(tensor.shape) != entry.shape or tensor.dtype != entry.dtype:
-            raise ConvertError("WriteOrder", f"expected tensor {entry.name} {list(entry.shape)} {entry.dtype}, got {name} {list(tensor.shape)} {tensor.dtype}")
+        if name != entry.name or tuple(tensor.shape) != entry.shape:
+            raise ConvertError("WriteOrder", f"expected tensor {entry.name} {list(entry.shape)}, got {name} {list(tensor.shape)}")
         if entry is shard.entries[0]:
             self._open(shard)
-        data = tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
-        self._fh.write(memoryview(data))
-        self._on_bytes(data.nbytes)
+        for piece, data in cast_chunks(tensor, entry.dtype):
+            self._fh.write(memoryview(data))
+            self._on_bytes(data.nbytes)
+            if release is not None:
+                release(piece)
         self._pos += 1
         if entry is shard.entries[-1]:
             self._fh.close()
