@@ -97,9 +97,14 @@ def test_lora_rank_beyond_vllm_limit_is_refused():
 
 
 def test_quantized_precision_takes_quantization_from_the_checkpoint(quantized):
-    args = build(quantized, precision="int8")
+    args = build(quantized, precision="int8", gpus=1)
     assert args[args.index("--dtype") + 1] == "auto"
     assert "--quantization" not in args
+
+
+def test_quantized_checkpoint_on_cpu_runs_half_activations(quantized):
+    args = build(quantized, precision="int8")
+    assert args[args.index("--dtype") + 1] == "float16"
 
 
 def test_quantized_precision_without_quantization_config_says_convert_first(model):

@@ -171,6 +171,11 @@ def _run(state, proc: subprocess.Popen, host: str, port: int) -> int:
             server.should_exit = True
 
     threading.Thread(target=watch, name="vllm-watch", daemon=True).start()
+    # uvicorn re-raises the SIGTERM/SIGINT it drained on, after restoring the handlers it found:
+    # with these in place that lands here and vLLM is stopped below instead of orphaned.
+    stopped = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: stopped.append(signum))
     try:
         server.run()
     finally:

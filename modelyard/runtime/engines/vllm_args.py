@@ -95,10 +95,11 @@ def _checkpoint_dtype(model_dir) -> str | None:
 
 
 def _dtype_args(model_dir, precision: str, gpus: int) -> list[str]:
-    if precision == "auto" and gpus < 1 and _checkpoint_dtype(model_dir) == "float32":
-        # vLLM's CPU "auto" downcasts float32 to bfloat16, whose kernels die with SIGILL on CPUs
-        # that advertise AMX/avx512_bf16 without the OS enabling it: keep the checkpoint's dtype.
-        return ["--dtype", "float32"]
+    # vLLM's CPU "auto" downcasts float32 to bfloat16, whose kernels die with SIGILL on CPUs that
+    # advertise AMX/avx512_bf16 without the OS enabling it: on CPU keep a float32 checkpoint float32.
+    auto = "float32" if gpus < 1 and _checkpoint_dtype(model_dir) == "float32" else "auto"
+    if precision == "auto":
+        return ["--dtype", auto]
     if precision in DTYPES:
         return ["--dtype", precision]
     if precision not in QUANTIZED:
@@ -111,7 +112,9 @@ def _dtype_args(model_dir, precision: str, gpus: int) -> list[str]:
             f"convert it first (modelyard convert --precision {precision}) and serve the converted folder",
             reason="PrecisionNeedsConversion")
     _check_scheme(precision, qc, model_dir)
-    return ["--dtype", "auto"]  # the quantization itself comes from the checkpoint
+    # The quantization itself comes from the checkpoint. vLLM's CPU kernels for it (cpu_gemm_wna16,
+    # int8_scaled_mm) take only half/bfloat16 activations, and bfloat16 can SIGILL (above).
+    return ["--dtype", "float16" if gpus < 1 else "auto"]
 
 
 def _parallel_args(gpus: int, plan: dict | None, pipeline_parallel: int,

