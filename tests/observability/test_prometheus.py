@@ -274,3 +274,13 @@ def test_prometheus_loaded_and_evaluates_the_chart_rules(prometheus, traffic):
 
 def test_operator_liveness_answers_on_the_charts_probe_path(operator):
     assert httpx.get(operator["health"], timeout=5).status_code == 200
+
+
+def test_operator_keeps_alive_in_the_charts_peering_object(operator):
+    """`--peering modelyard` (the chart's argument): kopf writes its keep-alive into the
+    ClusterKopfPeering the chart creates, which is how a second replica would see it."""
+    k8s = operator["k8s"]
+    status = k8s.wait_for(lambda: (k8s.get("ClusterKopfPeering", None, "modelyard") or {}).get("status"), 15,
+                          message="a keep-alive in ClusterKopfPeering/modelyard")
+    (peer,) = status.values()
+    assert peer["priority"] == 0 and peer["lifetime"] > 0
