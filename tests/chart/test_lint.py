@@ -1,6 +1,8 @@
 """`helm lint --strict` passes with the default values and with every file in the chart's ci/."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tests.chart.helm import CHART, CI_VALUES, VALUE_SETS, run, tool
@@ -34,3 +36,25 @@ def test_schema_rejects_a_bad_threshold(tmp_path):
     proc = run(tool("helm"), "template", "x", str(CHART), "-f", str(bad))
     assert proc.returncode != 0
     assert "gpuMemoryRatio" in proc.stderr
+
+
+# Map values documented as a whole: their default contents are examples, not separate values.
+WHOLE = {"resources", "podSecurityContext", "securityContext", "profiles", "labels"}
+
+
+def test_every_value_has_a_comment():
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    stack: list[tuple[int, str]] = []
+    missing = []
+    for i, line in enumerate(lines):
+        m = re.match(r"^( *)([A-Za-z][\w.-]*):", line)
+        if not m:
+            continue
+        indent, key = len(m.group(1)), m.group(2)
+        stack = [(n, k) for n, k in stack if n < indent]
+        documented_whole = any(k in WHOLE for _, k in stack)
+        stack.append((indent, key))
+        prev = next((lines[j].strip() for j in range(i - 1, -1, -1) if lines[j].strip()), "")
+        if not documented_whole and not prev.startswith("#"):
+            missing.append(f"line {i + 1}: {key}")
+    assert not missing, f"values without a comment: {missing}"
