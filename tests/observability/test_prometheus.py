@@ -31,6 +31,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from modelyard.runtime import metrics as serving_metrics
 from tests.chart.helm import alert_rules, render
@@ -117,7 +118,6 @@ def _answers(url: str, proc: subprocess.Popen, log: Path) -> bool:
 def prometheus(serving, operator, tmp_path_factory):
     work = tmp_path_factory.mktemp("prometheus")
     rules = work / "rules.yaml"
-    import yaml
     rules.write_text(yaml.safe_dump(alert_rules(render([], ("monitoring.prometheusRule.enabled=true",)))))
     scrape = [
         {"job_name": "modelyard-server", "static_configs": [{
