@@ -284,3 +284,9 @@ def test_operator_cli_accepts_the_rendered_command(values):
     assert args.liveness == "http://0.0.0.0:8081/healthz"
     watched = yaml.safe_load(values[0].read_text()).get("watchNamespaces", []) if values else []
     assert args.namespace == watched
+
+
+def test_kube_version_below_the_supported_range_is_refused():
+    proc = run(tool("helm"), "template", RELEASE, str(CHART), "--kube-version", "1.27.0")
+    assert proc.returncode != 0 and "kubeVersion" in proc.stderr
+    assert run(tool("helm"), "template", RELEASE, str(CHART), "--kube-version", "1.28.0").returncode == 0
