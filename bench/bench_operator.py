@@ -155,6 +155,15 @@ def _floor(cluster: Cluster, jobs: list[dict], ns: str) -> float | None:
     return None if end is None else end - start
 
 
+def _cpu_s(pid: int) -> float:
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _stats(cluster: Cluster) -> dict[str, int]:
+    return _request(cluster.url + "/emulator/stats")
+
+
 def _vm_hwm_mib(pid: int) -> float:
     for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -190,15 +199,22 @@ def measure(workdir: pathlib.Path) -> dict:
             raise RuntimeError(f"the operator made no Job for a warm-up Model; see {workdir}/operator.log")
         rss_one = _vm_hwm_mib(operator.pid)
         names = [f"bench-{i:04d}" for i in range(N_TIMED)]
+        cpu0, stats0 = (_cpu_s(operator.pid), _cpu_s(cluster.proc.pid)), _stats(cluster)
         ops = _timed_models(cluster, "bench-ops", names, operator)
+        cpu_ops = (_cpu_s(operator.pid) - cpu0[0], _cpu_s(cluster.proc.pid) - cpu0[1])
+        stats1 = _stats(cluster)
+        calls = {k: v - stats0.get(k, 0) for k, v in stats1.items() if v - stats0.get(k, 0)}
         more = [f"more-{i:04d}" for i in range(N_TOTAL - N_TIMED - 1)]
         rest = _timed_models(cluster, "bench-more", more, operator)
         rss_all = _vm_hwm_mib(operator.pid)
         operator.send_signal(signal.SIGTERM)
         operator.wait(30)
-        floor = _floor(cluster, cluster.jobs("bench-ops"), "bench-floor")
+        jobs = cluster.jobs("bench-ops")
+        cpu1 = _cpu_s(cluster.proc.pid)
+        floor = _floor(cluster, jobs, "bench-floor")
         return {"ops": ops, "floor": floor, "rest": rest, "rss_one": rss_one, "rss_all": rss_all,
-                "n_rest": len(more)}
+                "n_rest": len(more), "cpu_ops": cpu_ops, "cpu_floor": _cpu_s(cluster.proc.pid) - cpu1,
+                "calls": calls, "load": os.getloadavg()[0]}
     finally:
         if operator is not None and operator.poll() is None:
             operator.kill()
@@ -219,14 +235,25 @@ def run() -> str:
         ("operator peak RSS (VmHWM) after its first Model", _fmt(r["rss_one"], "MiB"), "1.00×"),
         ("operator peak RSS (VmHWM) with 1,000 Models", _fmt(r["rss_all"], "MiB"), _ratio(r["rss_all"], r["rss_one"])),
     ]
+    op_ms, api_ms = (1000 * c / N_TIMED for c in r["cpu_ops"])
+    floor_ms = 1000 * r["cpu_floor"] / N_TIMED
+    rows += [
+        ("CPU per Job, floor: API server", f"{floor_ms:.1f} ms", "1.00×"),
+        ("CPU per Model: operator + API server (incl. the Model's create and CRD validation)",
+         f"{op_ms:.1f} + {api_ms:.1f} ms", _ratio(op_ms + api_ms, floor_ms)),
+    ]
     table = "\n".join(f"| {a} | {b} | {c} |" for a, b, c in rows)
+    calls = ", ".join(f"{k} {v / N_TIMED:.1f}" for k, v in sorted(r["calls"].items(), key=lambda kv: -kv[1]))
     return (
         "## Operator: Models to download Jobs, and memory\n\n"
         "`modelyard operator` (subprocess, kopf, standalone) against the Kubernetes API emulator "
         "(`python -m tests.k8s`, its own process). Jobs are counted from a watch stream. The floor "
         "posts the very Jobs the operator made, one client, sequentially, same emulator, same run. "
         "Targets: ≤ 2× the floor; ≤ 200 MiB peak RSS with 1,000 Models.\n\n"
-        "| measure | value | ratio |\n| --- | --- | --- |\n" + table + "\n"
+        "| measure | value | ratio |\n| --- | --- | --- |\n" + table + "\n\n"
+        f"API requests per Model during the 200-Model run (the client's own Model POST included): {calls}.\n"
+        f"Load average at the end: {r['load']:.1f} on a shared machine — wall-clock times are noisy, "
+        "CPU times less so.\n"
     )
 
 

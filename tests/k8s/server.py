@@ -6,6 +6,7 @@ through to kmock's own reactions, so `emulator['get /custom'] << b'...'` still w
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 from typing import Any
 
@@ -39,11 +40,14 @@ class Emulator(kmock.KubernetesEmulator):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.store = Store(Registry())
+        self.stats: collections.Counter[str] = collections.Counter()  # "VERB plural[/sub]" → requests
         gc.install(self.store)
 
     # --- routing -------------------------------------------------------------------------
     async def __call__(self, raw: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
         """Kubernetes paths are served here; anything else goes to kmock's reactions."""
+        if raw.path == "/emulator/stats":  # request counts, for benchmarks and curious tests
+            return _json(dict(self.stats))
         if raw.path.rstrip("/") not in ("", "/version") and not raw.path.startswith(("/api/", "/apis", "/openapi")) \
                 and raw.path != "/api":
             return await super().__call__(raw)
@@ -107,6 +111,8 @@ class Emulator(kmock.KubernetesEmulator):
     # --- verbs ---------------------------------------------------------------------------
     async def _serve(self, request: ApiRequest, r: Route) -> aiohttp.web.StreamResponse:
         method, params, store = request.method, request.params, self.store
+        verb = "WATCH" if params.get("watch") in ("true", "1") else method
+        self.stats[f"{verb} {r.rt.plural}{'/' + r.sub if r.sub else ''}"] += 1
         if params.get("dryRun") and method != "GET":
             raise errors.bad_request("dryRun is not supported by the Kubernetes API emulator (it would write)")
         if method == "GET" and params.get("watch") in ("true", "1"):
