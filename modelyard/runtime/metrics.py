@@ -26,11 +26,14 @@ PLANNED_GPU_MEMORY = "modelyard_planned_gpu_memory_bytes"
 ADAPTER_LOADED = "modelyard_adapter_loaded"
 MODEL_LOAD_SECONDS = "modelyard_model_load_seconds"
 ENGINE_INFO = "modelyard_engine_info"
+# Engine-specific (accelerate): how many requests each generate() call served together.
+BATCH_SIZE = "modelyard_batch_size"
 
 ENDPOINTS = ("completions", "chat_completions")
 
 # LLM latencies span milliseconds (a cached first token) to minutes (long generations).
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32)
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
@@ -78,6 +81,8 @@ class ServingMetrics:
         self.in_flight = Gauge(REQUESTS_IN_FLIGHT, "Requests being served now", registry=r)
         self.adapter_loaded = Gauge(ADAPTER_LOADED, "1 for each LoRA adapter loaded", ["adapter"], registry=r)
         self.model_load_seconds = Gauge(MODEL_LOAD_SECONDS, "Seconds the model took to load", registry=r)
+        self.batch_size = Histogram(BATCH_SIZE, "Requests served by one generate() call (accelerate engine)",
+                                    ["model"], buckets=BATCH_BUCKETS, registry=r)
         Info(ENGINE_INFO[: -len("_info")], "Serving engine and model", registry=r).info(
             {"engine": engine, "model": model})
         if planned_gpu_bytes is not None:

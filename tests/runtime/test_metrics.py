@@ -16,6 +16,7 @@ CONTRACT = {
     "modelyard_requests_in_flight", "modelyard_gpu_memory_used_bytes", "modelyard_gpu_memory_total_bytes",
     "modelyard_planned_gpu_memory_bytes", "modelyard_adapter_loaded", "modelyard_model_load_seconds",
     "modelyard_engine_info",
+    "modelyard_batch_size",  # accelerate only
 }
 
 

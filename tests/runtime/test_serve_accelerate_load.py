@@ -70,6 +70,40 @@ def test_32_concurrent_streams_all_complete_and_are_counted_exactly(server):
     assert sample(after, "modelyard_planned_gpu_memory_bytes") == 123456
 
 
+PROMPTS = ["Hello", "The quick brown fox", "Tensor parallel", "modelyard deploys", "A model", "Hello world",
+           "The operator", "I am fine"]
+
+
+async def _batched_while_busy(url: str) -> list[dict]:
+    """Occupy the generation thread with a long stream, queue 8 plain requests behind it."""
+    async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+        long = {"model": "tiny", "prompt": "Hello", "max_tokens": 150, "temperature": 0, "stream": True}
+        async with client.stream("POST", "/v1/completions", json=long) as r:
+            lines = r.aiter_lines()
+            while not (await anext(lines)).startswith("data: {"):
+                pass  # the long request is generating now
+            posts = [client.post("/v1/completions", json={"model": "tiny", "prompt": p, "max_tokens": 6 + i,
+                                                          "temperature": 0}) for i, p in enumerate(PROMPTS)]
+            results = await asyncio.gather(*posts)
+            async for _ in lines:
+                pass
+    return [r.json() for r in results]
+
+
+def test_queued_plain_requests_are_batched_and_answer_like_alone(server):
+    before = scrape(server.url)
+    batched = asyncio.run(_batched_while_busy(server.url))
+    after = scrape(server.url)
+    calls = sample(after, "modelyard_batch_size_count", model="tiny") - sample(before, "modelyard_batch_size_count", model="tiny")
+    served = sample(after, "modelyard_batch_size_sum", model="tiny") - sample(before, "modelyard_batch_size_sum", model="tiny")
+    assert served == 1 + len(PROMPTS) and calls < served  # at least one generate() served several requests
+    for i, (prompt, body) in enumerate(zip(PROMPTS, batched)):
+        alone = httpx.post(f"{server.url}/v1/completions", timeout=60, json={
+            "model": "tiny", "prompt": prompt, "max_tokens": 6 + i, "temperature": 0}).json()
+        assert body["usage"] == alone["usage"], prompt
+        assert body["choices"][0]["text"] == alone["choices"][0]["text"], prompt
+
+
 def _engine(base, **kwargs):
     from modelyard.runtime.engines.accelerate import AccelerateEngine
 

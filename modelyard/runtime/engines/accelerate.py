@@ -12,10 +12,12 @@ import contextlib
 import json
 import sys
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
+import threading
 from pathlib import Path
+from typing import Callable
 
 from modelyard.runtime.engines import lora
+from modelyard.runtime.engines.accelerate_batch import FirstToken, Work, WorkQueue, batch_key, left_pad, trim
 from modelyard.runtime.server.engine import Delta, Finish, GenerationJob
 from modelyard.runtime.server.errors import APIError
 
@@ -105,7 +107,9 @@ class AccelerateEngine:
         self.max_model_len = max_model_len or 0
         self.model = self.tokenizer = None
         self._adapters: dict[str, str] = {}
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
+        self.on_batch: Callable[[int], None] = lambda size: None
+        self._work = WorkQueue()
+        threading.Thread(target=self._serve_work, name="generate", daemon=True).start()
 
     # -- loading ---------------------------------------------------------------------------
     def load(self) -> None:
@@ -142,14 +146,20 @@ class AccelerateEngine:
     def adapters(self) -> list[str]:
         return list(self._adapters)
 
+    async def _call(self, fn, *args):
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        self._work.put(Work(loop=loop, done=done, fn=fn, args=args))
+        return await done
+
     async def load_adapter(self, name: str, path: str) -> None:
         try:
-            await asyncio.get_running_loop().run_in_executor(self._executor, self._load_adapter, name, path)
+            await self._call(self._load_adapter, name, path)
         except lora.AdapterError as exc:
             raise APIError(400, str(exc), param="lora_path", code="invalid_adapter") from None
 
     async def unload_adapter(self, name: str) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._unload_adapter, name)
+        await self._call(self._unload_adapter, name)
 
     # -- tokens ----------------------------------------------------------------------------
     def encode_prompt(self, prompt: str) -> list[int]:
@@ -175,26 +185,66 @@ class AccelerateEngine:
             return {"do_sample": False}
         return {"do_sample": True, "temperature": job.temperature, "top_p": job.top_p, "top_k": 0}
 
+    def _serve_work(self) -> None:
+        """The generation thread: one item, or one batch of compatible items, at a time."""
+        while True:
+            batch = self._work.take()
+            try:
+                if batch[0].fn is not None:
+                    batch[0].resolve(batch[0].fn(*batch[0].args))
+                    continue
+                live = [w for w in batch if not w.streamer.cancelled]
+                if len(live) > 1:
+                    self._run_batch(live)
+                elif live:
+                    self._run(live[0].job, live[0].streamer)
+                for w in batch:
+                    w.resolve()
+            except BaseException as exc:  # reported to every waiting request
+                for w in batch:
+                    w.resolve(error=exc)
+            finally:
+                for w in batch:
+                    if w.streamer is not None:
+                        w.streamer.finish()
+
     def _run(self, job: GenerationJob, streamer) -> None:
         import torch
         from transformers import StoppingCriteriaList
 
         from modelyard.runtime.engines.accelerate_stream import StopFlag
 
-        try:
-            if streamer.cancelled:
-                return
-            with self._adapter_context(job.adapter), torch.inference_mode():
-                if job.seed is not None:
-                    torch.manual_seed(job.seed)
-                ids = torch.tensor([job.prompt_ids], device=self._input_device())
-                self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
-                                    max_new_tokens=job.max_tokens, streamer=streamer,
-                                    stopping_criteria=StoppingCriteriaList([StopFlag(streamer)]),
-                                    pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
-                                    **self._sampling(job))
-        finally:
-            streamer.finish()
+        self.on_batch(1)
+        with self._adapter_context(job.adapter), torch.inference_mode():
+            if job.seed is not None:
+                torch.manual_seed(job.seed)
+            ids = torch.tensor([job.prompt_ids], device=self._input_device())
+            self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                max_new_tokens=job.max_tokens, streamer=streamer,
+                                stopping_criteria=StoppingCriteriaList([StopFlag(streamer)]),
+                                pad_token_id=self._pad_id(), **self._sampling(job))
+
+    def _run_batch(self, batch: list[Work]) -> None:
+        import torch
+
+        self.on_batch(len(batch))
+        jobs = [w.job for w in batch]
+        ids, mask = left_pad([j.prompt_ids for j in jobs], self._pad_id())
+        first = FirstToken()
+        with self._adapter_context(jobs[0].adapter), torch.inference_mode():
+            device = self._input_device()
+            out = self.model.generate(input_ids=torch.tensor(ids, device=device),
+                                      attention_mask=torch.tensor(mask, device=device),
+                                      max_new_tokens=max(j.max_tokens for j in jobs), streamer=first,
+                                      pad_token_id=self._pad_id(), **self._sampling(jobs[0]))
+        eos, width = self._eos_ids(), len(ids[0])
+        for row, w in enumerate(batch):
+            w.streamer.first_token_at = first.at
+            w.streamer.take_all(trim(out[row, width:].tolist(), w.job.max_tokens, eos))
+
+    def _pad_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return pad if pad is not None else self.tokenizer.eos_token_id
 
     def _input_device(self):
         devices = set((getattr(self._base(), "hf_device_map", None) or {}).values())
@@ -210,11 +260,12 @@ class AccelerateEngine:
 
         loop, queue = asyncio.get_running_loop(), asyncio.Queue()
         streamer = QueueStreamer(self.tokenizer, loop, queue, job.stop)
-        future = loop.run_in_executor(self._executor, self._run, job, streamer)
+        done = loop.create_future()
+        self._work.put(Work(loop=loop, done=done, job=job, streamer=streamer, key=batch_key(job)))
         try:
             while (item := await queue.get()) is not END:
                 yield Delta(item)
-            await future
+            await done
         finally:
             streamer.cancelled = True
         n = len(streamer.ids)
@@ -254,6 +305,7 @@ def serve(args) -> int:
         print(f"modelyard serve: {exc}", file=sys.stderr)
         return 2
     metrics = ServingMetrics("accelerate", args.served_model_name, planned_gpu_bytes=args.planned_gpu_bytes)
+    engine.on_batch = metrics.batch_size.labels(model=args.served_model_name).observe
 
     def load() -> None:
         engine.load()

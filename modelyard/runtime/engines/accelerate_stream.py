@@ -35,6 +35,21 @@ class QueueStreamer(BaseStreamer):
         self.ids.extend(int(x) for x in value.reshape(-1).tolist())
         self._emit(final=False)
 
+    def take_all(self, ids: list[int]) -> None:
+        """A whole generation at once (a batch row): cut at the first stop string, count to there."""
+        if self.stop:
+            lo, hi = 1, len(ids)
+            if hi and self._has_stop(ids[:hi]):
+                while lo < hi:  # the shortest prefix whose text holds a stop string
+                    mid = (lo + hi) // 2
+                    lo, hi = (lo, mid) if self._has_stop(ids[:mid]) else (mid + 1, hi)
+                ids = ids[:lo]
+        self.ids = list(ids)
+
+    def _has_stop(self, ids: list[int]) -> bool:
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        return any(s in text for s in self.stop)
+
     def end(self) -> None:
         pass  # finish() is called by the engine in all cases, even when generate() raised
 

@@ -72,8 +72,8 @@ def _job(engine: ServingEngine, req, prompt_ids: list[int], limit: int | None, w
     wanted = limit if limit is not None else (DEFAULT_COMPLETION_TOKENS if where == "prompt" else room)
     if len(prompt_ids) + max(wanted, 0) > engine.max_model_len or room <= 0:
         raise errors.context_too_long(engine.max_model_len, len(prompt_ids), wanted, where)
-    return GenerationJob(prompt_ids=prompt_ids, max_tokens=wanted, adapter=adapter,
-                         temperature=req.temperature, top_p=req.top_p, stop=req.stop_list(), seed=req.seed)
+    return GenerationJob(prompt_ids=prompt_ids, max_tokens=wanted, adapter=adapter, temperature=req.temperature,
+                         top_p=req.top_p, stop=req.stop_list(), seed=req.seed, stream=req.stream)
 
 
 def _sse(obj) -> str:

@@ -18,6 +18,7 @@ class GenerationJob:
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    stream: bool = True                 # False: the engine may batch it with similar requests
 
 
 @dataclass
