@@ -97,7 +97,8 @@ def _run(req: Request, dest: Path, stream) -> Result:
     first = [f for f in listing if f.path in PLAN_FILES] if req.plan_args is not None else []
     rest = [f for f in files if f not in first]
     todo = [f for f in first + rest if not ledger.has(f, dest)]
-    _check_space(todo, dest, staging)
+    if getattr(src, "needs_space", lambda _dest: True)(dest):
+        _check_space(todo, dest, staging)
     total = sum(f.size for f in todo) if all(f.size is not None for f in todo) else None
     with Progress(total, step="download", stream=stream) as progress:
         installed = _install(src, first, dest, staging, ledger, progress)

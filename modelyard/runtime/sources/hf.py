@@ -74,9 +74,11 @@ class HfSource:
 
     def fetch(self, files: list[RemoteFile], staging: Path, progress) -> None:
         from huggingface_hub import snapshot_download
+        from huggingface_hub.utils import disable_progress_bars
 
         if not files:
             return
+        disable_progress_bars()  # our Progress reports bytes; tqdm bars would clutter the pod log
         watcher = _StagingWatcher(staging, progress)
         watcher.start()
         try:

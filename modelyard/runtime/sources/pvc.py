@@ -61,6 +61,10 @@ class LocalSource:
                             self._files[rel] = p
         return self._files
 
+    def needs_space(self, dest: Path) -> bool:
+        """Hard links take no room: only a copy to another filesystem needs free space."""
+        return os.stat(self.path).st_dev != os.stat(dest).st_dev
+
     def resolve(self) -> str:
         h = hashlib.sha256()
         for rel, p in sorted(self._scan().items()):
