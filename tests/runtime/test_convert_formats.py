@@ -176,3 +176,19 @@ def test_cli_termination_log_on_success(tiny, tmp_path):
     assert msg["output"] == str(tmp_path / "o") and msg["recipe"]["precision"] == "float16"
     assert msg["files"] >= 4 and msg["bytes"] > 3_000_000
     shutil.rmtree(tmp_path / "o")
+
+
+def test_legacy_non_zip_bin_and_download_manifest_checksums(tiny, weights, tmp_path):
+    src = tmp_path / "legacy"
+    copy_side_files(tiny, src)
+    torch.save(weights, src / "pytorch_model.bin", _use_new_zipfile_serialization=False)
+    digest = sha256(src / "pytorch_model.bin")
+    manifest = {"files": [{"path": "pytorch_model.bin", "size": (src / "pytorch_model.bin").stat().st_size, "sha256": digest}]}
+    (src / "modelyard-manifest.json").write_text(json.dumps(manifest))
+    out = tmp_path / "out"
+    convert(Request(input=src, output=out))
+    assert_same(out, weights)
+    files = json.loads((out / PROVENANCE).read_text())["input"]["files"]
+    assert files == [{"name": "pytorch_model.bin", "bytes": manifest["files"][0]["size"], "sha256": digest,
+                      "sha256From": "modelyard-manifest.json"}]
+    assert not (out / "modelyard-manifest.json").exists()

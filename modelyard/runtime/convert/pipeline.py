@@ -56,7 +56,7 @@ def convert(req: Request, log=None) -> dict:
     if recipe.get("note"):
         log(recipe["note"])
     partial = publish.partial_dir(output)
-    hasher = provenance.Hasher(found.files)
+    hasher = provenance.Hasher(found.files, found.root)
     try:
         _build(req, found, recipe, partial, log)
         record = provenance.build(input_path=Path(req.input), fmt=found.format, inputs=hasher.result(),

@@ -13,21 +13,49 @@ from importlib import metadata
 from pathlib import Path
 
 NAME = "modelyard-provenance.json"
+DOWNLOAD_MANIFEST = "modelyard-manifest.json"  # written by `modelyard download`
 _TOOLS = ("modelyard", "torch", "transformers", "safetensors")
 
 
 class Hasher:
-    """Hashes the input files in a background thread while conversion runs (hashlib drops the GIL)."""
+    """sha256 of every input file, computed in a background thread while conversion runs (hashlib
+    drops the GIL) — or taken from the download step's ``modelyard-manifest.json`` when it lists
+    the file with the same size and the file is not newer than the manifest (the download verified
+    that checksum against the source)."""
 
-    def __init__(self, files: list[Path]):
+    def __init__(self, files: list[Path], root: Path | None = None):
         self.files = files
+        self.known = _manifest_hashes(root, files) if root is not None else {}
+        todo = [f for f in files if f not in self.known]
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
-        self._futures: list[Future] = [self._pool.submit(sha256, f) for f in files]
+        self._futures: dict[Path, Future] = {f: self._pool.submit(sha256, f) for f in todo}
 
     def result(self) -> list[dict]:
-        out = [{"name": f.name, "bytes": f.stat().st_size, "sha256": fut.result()} for f, fut in zip(self.files, self._futures)]
+        out = []
+        for f in self.files:
+            if f in self.known:
+                out.append({"name": f.name, "bytes": f.stat().st_size, "sha256": self.known[f], "sha256From": DOWNLOAD_MANIFEST})
+            else:
+                out.append({"name": f.name, "bytes": f.stat().st_size, "sha256": self._futures[f].result()})
         self._pool.shutdown()
         return out
+
+
+def _manifest_hashes(root: Path, files: list[Path]) -> dict[Path, str]:
+    manifest = Path(root) / DOWNLOAD_MANIFEST
+    try:
+        record = json.loads(manifest.read_text())
+        stamp = manifest.stat().st_mtime
+    except (OSError, ValueError):
+        return {}
+    listed = {e.get("path"): e for e in record.get("files", []) if isinstance(e, dict)}
+    out = {}
+    for f in files:
+        e = listed.get(f.relative_to(root).as_posix()) if f.is_relative_to(root) else None
+        st = f.stat()
+        if e and e.get("sha256") and e.get("size") == st.st_size and st.st_mtime <= stamp:
+            out[f] = str(e["sha256"]).lower()
+    return out
 
 
 def sha256(path: Path, chunk: int = 1 << 20) -> str:
