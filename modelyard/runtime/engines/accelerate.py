@@ -83,7 +83,8 @@ def load_kwargs(model_dir: str, precision: str, gpus: int, max_memory: dict | No
         kwargs["device_map"] = "auto"
         if max_memory is not None:
             kwargs["max_memory"] = max_memory
-            kwargs["offload_folder"] = offload_folder or tempfile.mkdtemp(prefix="modelyard-offload-")
+            # used only when something lands on disk; one fixed folder, not a new one per start
+            kwargs["offload_folder"] = offload_folder or str(Path(tempfile.gettempdir()) / "modelyard-offload")
     return kwargs
 
 
