@@ -18,7 +18,8 @@ def register(sub) -> None:
                                    "safetensors folder; optionally cast, quantize (llmcompressor) or merge LoRA adapters.")
     p.add_argument("--input", required=True, type=Path, help="input folder or file")
     p.add_argument("--output", required=True, type=Path, help="output folder (written atomically)")
-    p.add_argument("--format", default="auto", choices=("auto", "safetensors", "pytorch", "torchscript", "gguf"))
+    p.add_argument("--format", default="auto", choices=("auto", "safetensors", "pytorch", "torchscript", "gguf", "onnx"),
+                   help="input format (auto detects it from the files; onnx is refused with an explanation)")
     p.add_argument("--precision", default="auto", choices=("auto", "float32", "float16", "bfloat16", "fp8", "int8", "int4"))
     p.add_argument("--config", type=Path, help="config.json of the Hugging Face architecture (required for TorchScript)")
     p.add_argument("--merge-adapter", action="append", default=[], metavar="DIR", dest="adapters",

@@ -29,6 +29,9 @@ class Detected:
 
 def detect(path: str | Path, requested: str = "auto") -> Detected:
     path = Path(path)
+    if requested == "onnx":
+        raise ConvertError("UnsupportedFormat", "ONNX graphs cannot be converted into Hugging Face weights (the weights live "
+                           f"inside an exported graph); supported inputs: {SUPPORTED}")
     if not path.exists():
         raise ConvertError("InputNotFound", f"input {path} does not exist")
     found = _detect_file(path) if path.is_file() else _detect_dir(path)
