@@ -49,6 +49,8 @@ def _merge_key(items: list) -> str | None:
 
 
 def _strategic_list(target: list, patch: list, field: str) -> list:
+    if not patch:
+        return []  # an explicit empty list empties the field
     if field in _PRIMITIVE_MERGE_LISTS and all(not isinstance(i, dict) for i in patch):
         return list(dict.fromkeys([*target, *patch]))
     key = _merge_key(patch) if isinstance(target, list) else None
@@ -75,8 +77,12 @@ def strategic_merge_patch(target: Any, patch: Any, field: str = "") -> Any:
         return {k: copy.deepcopy(v) for k, v in patch.items() if k != "$patch"}
     out = dict(target) if isinstance(target, dict) else {}
     for key, value in patch.items():
-        if key.startswith("$"):
+        if key.startswith("$deleteFromPrimitiveList/"):
+            field = key.split("/", 1)[1]
+            out[field] = [i for i in out.get(field) or [] if i not in value]
             continue
+        if key.startswith("$"):
+            continue  # $setElementOrder/... and other directives only order lists
         if value is None:
             out.pop(key, None)
         elif isinstance(value, list) and isinstance(out.get(key), list):

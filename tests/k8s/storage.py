@@ -239,6 +239,9 @@ class Store:
         gone["metadata"]["resourceVersion"] = str(self.rv)
         self._emit(self.key(rt), "DELETED", gone, obj)
         if rt.kind == "CustomResourceDefinition":
+            for crt in types_from_crd(obj):  # its custom resources go with it
+                for cr in list(self.objects[self.key(crt)].values()):
+                    self.remove(crt, cr)
             self.registry.remove_crd(obj)
         if rt.kind == "Pod":
             self.logs.pop((meta.get("namespace"), meta["name"]), None)

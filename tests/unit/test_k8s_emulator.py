@@ -239,12 +239,15 @@ def test_status_subresource_changes_only_status(k8s, namespace, kind, obj):
     assert after["metadata"]["generation"] == created["metadata"]["generation"]
 
 
-def test_finalizers_hold_deletion_until_removed(k8s, namespace):
-    k8s.create(configmap("f", namespace, finalizers=["example.com/hold"]))
+def test_finalizers_hold_deletion_until_removed(api, k8s, namespace):
+    k8s.create(configmap("f", namespace, finalizers=["example.com/hold", "example.com/other"]))
     k8s.delete("ConfigMap", namespace, "f")
     held = k8s.get("ConfigMap", namespace, "f")
     assert held is not None and held["metadata"]["deletionTimestamp"]
-    k8s.patch("ConfigMap", namespace, "f", {"metadata": {"finalizers": []}})
+    core = kubernetes.client.CoreV1Api(api)  # strategic merge patches, as the client sends them
+    core.patch_namespaced_config_map("f", namespace, {"metadata": {"$deleteFromPrimitiveList/finalizers": ["example.com/other"]}})
+    assert k8s.get("ConfigMap", namespace, "f")["metadata"]["finalizers"] == ["example.com/hold"]
+    core.patch_namespaced_config_map("f", namespace, {"metadata": {"finalizers": []}})
     assert k8s.get("ConfigMap", namespace, "f") is None
 
 
@@ -288,6 +291,16 @@ def test_created_crd_appears_in_discovery_and_serves(k8s, namespace):
     code, _ = http(k8s, "POST", f"/apis/gadgets.test/v1alpha1/namespaces/{namespace}/gadgets",
                    {**model("g", namespace), "apiVersion": "gadgets.test/v1alpha1", "kind": "Gadget"})
     assert code == 201
+
+
+def test_deleting_a_crd_removes_its_kind_and_objects(k8s, namespace):
+    crd = json.loads(json.dumps(MODEL_CRD).replace("modelyard.io", "doomed.test"))
+    k8s.create(crd)
+    k8s.create({**model("x", namespace), "apiVersion": "doomed.test/v1alpha1"})
+    k8s.delete("CustomResourceDefinition", None, "models.doomed.test")
+    code, _ = http(k8s, "GET", f"/apis/doomed.test/v1alpha1/namespaces/{namespace}/models/x")
+    assert code == 404
+    assert "doomed.test" not in {g["name"] for g in http(k8s, "GET", "/apis")[1]["groups"]}
 
 
 def test_model_defaults_are_applied(k8s, namespace):
