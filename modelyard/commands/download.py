@@ -45,6 +45,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from modelyard.runtime.download import Request, download
     from modelyard.runtime.errors import DownloadError
+    from modelyard.runtime.sources import redact
 
     plan_args = None if args.no_plan else _plan_args(args)
     # With no --plan-* flag there is no target to check against: the plan is recorded, not enforced.
@@ -62,7 +63,7 @@ def run(args) -> int:
         raise
     _write(term, result.termination_message())
     state = "already downloaded" if result.already else "downloaded"
-    print(f"{state}: {len(result.files)} files, {result.bytes} bytes, {args.source} at "
+    print(f"{state}: {len(result.files)} files, {result.bytes} bytes, {redact(args.source)} at "
           f"{result.resolved_revision} -> {args.dest}")
     return 0
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from modelyard.runtime.errors import DownloadError
 from modelyard.runtime.progress import Progress, human_bytes
-from modelyard.runtime.sources import RemoteFile, open_source
+from modelyard.runtime.sources import RemoteFile, open_source, redact
 
 MANIFEST = "modelyard-manifest.json"
 PARTIAL = ".partial"
@@ -84,7 +84,7 @@ def _run(req: Request, dest: Path, stream) -> Result:
     listing = src.list_files()
     files = [f for f in listing if _included(f.path, req.include)]
     if not files:
-        raise DownloadError("InvalidSource", f"{req.source}: no files match --include "
+        raise DownloadError("InvalidSource", f"{redact(req.source)}: no files match --include "
                             f"{' '.join(req.include)}; the source has: {_names(listing)}")
     if src.local_path is not None and _same_dir(src.local_path, dest):
         log(stream, f"{dest} is the source folder itself: nothing to copy")
@@ -92,7 +92,7 @@ def _run(req: Request, dest: Path, stream) -> Result:
         return _finish(req, dest, Result(resolved, files, plan))
     staging = dest / PARTIAL
     staging.mkdir(exist_ok=True)
-    ledger = _Ledger(staging / LEDGER, resolved, _manifest_files(dest, req.source, resolved))
+    ledger = _Ledger(staging / LEDGER, resolved, _manifest_files(dest, redact(req.source), resolved))
     # plan before a single weight byte moves: the config (and index) come first
     first = [f for f in listing if f.path in PLAN_FILES] if req.plan_args is not None else []
     rest = [f for f in files if f not in first]
@@ -216,7 +216,7 @@ def _plan(dest: Path, req: Request, stream) -> dict | None:
 
 def _finish(req: Request, dest: Path, result: Result) -> Result:
     manifest = {
-        "source": req.source, "revision": req.revision, "include": sorted(req.include),
+        "source": redact(req.source), "revision": req.revision, "include": sorted(req.include),
         "resolvedRevision": result.resolved_revision,
         "files": [{"path": f.path, "size": f.size, **({"sha256": f.sha256} if f.sha256 else {})}
                   for f in sorted(result.files, key=lambda f: f.path)],
@@ -232,14 +232,14 @@ def _finish(req: Request, dest: Path, result: Result) -> Result:
 
 def _already_done(req: Request, dest: Path, stream) -> Result | None:
     m = read_manifest(dest)
-    if not m or m.get("source") != req.source or m.get("revision") != req.revision \
+    if not m or m.get("source") != redact(req.source) or m.get("revision") != req.revision \
             or m.get("include", []) != sorted(req.include):
         return None
     files = [RemoteFile(f["path"], f["size"], f.get("sha256")) for f in m.get("files", [])]
     if not all((dest / f.path).is_file() and (dest / f.path).stat().st_size == f.size for f in files):
         return None
     plan = _plan(dest, req, stream)
-    log(stream, f"already downloaded: {req.source} at {m['resolvedRevision']} in {dest}")
+    log(stream, f"already downloaded: {redact(req.source)} at {m['resolvedRevision']} in {dest}")
     return Result(m["resolvedRevision"], files, plan if plan is not None else m.get("plan"), already=True)
 
 

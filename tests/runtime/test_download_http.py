@@ -158,3 +158,16 @@ def test_killed_download_resumes_where_it_stopped(server, tmp_path):
     _get(tmp_path, server.url + "/weights.bin")
     assert (dest / "weights.bin").read_bytes() == (server.state.root / "weights.bin").read_bytes()
     assert server.state.requests[-1][2] == f"bytes={have}-"
+
+
+def test_signed_url_query_never_leaks(server, tmp_path):
+    """A presigned URL carries its signature in the query: not in the manifest, not in errors."""
+    url = server.url + "/config.json?X-Amz-Signature=topsecret123"
+    _get(tmp_path, url)
+    manifest = (tmp_path / "out" / MANIFEST).read_text()
+    assert "topsecret123" not in manifest and json.loads(manifest)["source"].endswith("/config.json?<redacted>")
+    assert ("GET", "/config.json.sha256", None) in server.state.requests  # sidecar asked beside the file
+    server.state.status["/config.json"] = 403
+    with pytest.raises(DownloadError) as err:
+        _get(tmp_path / "again", url)
+    assert err.value.reason == "Unauthorized" and "topsecret123" not in err.value.message

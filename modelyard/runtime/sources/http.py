@@ -20,10 +20,10 @@ import stat
 import tarfile
 import zipfile
 from pathlib import Path, PurePosixPath
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from modelyard.runtime.errors import DownloadError
-from modelyard.runtime.sources import RemoteFile, backoff, check_relpath, retries
+from modelyard.runtime.sources import RemoteFile, backoff, check_relpath, redact, retries
 
 TOKEN_HINT = "check the token in the Model's secretRef (key MODELYARD_HTTP_TOKEN)"
 ARCHIVES = (".tar.gz", ".tgz", ".tar", ".zip")
@@ -44,7 +44,7 @@ class HttpSource:
     def __init__(self, uri: str, name: str, revision: str | None):
         import requests
 
-        self.uri, self.name, self.revision = uri, name, revision
+        self.url, self.uri, self.name, self.revision = uri, redact(uri), name, revision
         self.session = requests.Session()
         self.session.headers["Accept-Encoding"] = "identity"  # the bytes as published, no gzip
         token = os.environ.get("MODELYARD_HTTP_TOKEN")
@@ -67,13 +67,14 @@ class HttpSource:
         try:
             return self.session.request(method, url, timeout=(10, 60), **kw)
         except requests.ConnectionError as exc:
-            raise DownloadError("ConnectionDropped", f"{url}: cannot connect: {exc}") from None
+            raise DownloadError("ConnectionDropped", f"{redact(url)}: cannot connect "
+                                f"({type(exc).__name__})") from None
 
     def head(self) -> dict:
         if self._head is None:
-            resp = self._request("HEAD", self.uri, allow_redirects=True)
+            resp = self._request("HEAD", self.url, allow_redirects=True)
             if resp.status_code == 405:  # HEAD not allowed: the headers of a GET will do
-                resp = self._request("GET", self.uri, stream=True)
+                resp = self._request("GET", self.url, stream=True)
                 resp.close()
             self._check(resp, self.uri)
             size = resp.headers.get("Content-Length")
@@ -83,7 +84,8 @@ class HttpSource:
         return self._head
 
     def _sidecar(self) -> str | None:
-        resp = self._request("GET", self.uri + ".sha256")
+        parts = urlsplit(self.url)
+        resp = self._request("GET", urlunsplit(parts._replace(path=parts.path + ".sha256")))
         if resp.status_code != 200:
             return None
         m = re.match(r"\s*([0-9a-fA-F]{64})\b", resp.text)
@@ -134,7 +136,7 @@ class HttpSource:
     def _get_into(self, part: Path, have: int, progress) -> bool:
         """One GET from byte ``have``; True when the body was read to its end."""
         headers = {"Range": f"bytes={have}-"} if have else {}
-        with self._request("GET", self.uri, headers=headers, stream=True) as resp:
+        with self._request("GET", self.url, headers=headers, stream=True) as resp:
             if resp.status_code == 416:
                 return True
             self._check(resp, self.uri)
