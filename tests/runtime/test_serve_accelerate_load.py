@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import httpx
 import pytest
@@ -134,3 +135,30 @@ def test_forced_cpu_and_disk_offload_generates_like_the_whole_model(base, tmp_pa
     assert split.model.lm_head.weight.device.type == "meta"
     for prompt in ("Hello", "The quick brown fox"):
         assert asyncio.run(_greedy(split, prompt)) == asyncio.run(_greedy(whole, prompt))
+
+
+def test_client_gone_mid_stream_frees_the_model_and_is_counted_499(server):
+    before = scrape(server.url)
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        long = {"model": "tiny", "prompt": "Hello", "max_tokens": 1800, "temperature": 0, "stream": True}
+        with client.stream("POST", "/v1/completions", json=long) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: {"):
+                    break  # hang up after the first token
+        # the next request is answered (generation of the abandoned one was stopped)
+        nxt = client.post("/v1/completions", json={"model": "tiny", "prompt": "Hello", "max_tokens": 4, "temperature": 0})
+        assert nxt.status_code == 200 and nxt.json()["usage"]["completion_tokens"] == 4
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        after = scrape(server.url)
+        gone = sample(after, "modelyard_requests_total", model="tiny", endpoint="completions", code="499") - \
+            sample(before, "modelyard_requests_total", model="tiny", endpoint="completions", code="499")
+        if gone == 1 and sample(after, "modelyard_requests_in_flight") == 0:
+            break
+        time.sleep(0.2)
+    assert gone == 1 and sample(after, "modelyard_requests_in_flight") == 0
+    # the abandoned generation stopped early: its tokens (counted when it ended, before the next
+    # request ran) are far fewer than the 1800 asked for
+    generated = sample(after, "modelyard_generation_tokens_total", model="tiny") - \
+        sample(before, "modelyard_generation_tokens_total", model="tiny") - 4
+    assert 1 <= generated < 100

@@ -109,6 +109,7 @@ class AccelerateEngine:
         self.model = self.tokenizer = None
         self._adapters: dict[str, str] = {}
         self.on_batch: Callable[[int], None] = lambda size: None
+        self.on_abandoned: Callable[[str, int, int], None] = lambda model, prompt, generated: None
         self._work = WorkQueue()
         threading.Thread(target=self._serve_work, name="generate", daemon=True).start()
 
@@ -199,6 +200,10 @@ class AccelerateEngine:
                     self._run_batch(live)
                 elif live:
                     self._run(live[0].job, live[0].streamer)
+                for w in live:
+                    if w.streamer.cancelled:  # the client left mid-way: still count what was computed
+                        self.on_abandoned(w.job.adapter or self.served_model_name, len(w.job.prompt_ids),
+                                          len(w.streamer.ids))
                 for w in batch:
                     w.resolve()
             except BaseException as exc:  # reported to every waiting request
@@ -307,6 +312,7 @@ def serve(args) -> int:
         return 2
     metrics = ServingMetrics("accelerate", args.served_model_name, planned_gpu_bytes=args.planned_gpu_bytes)
     engine.on_batch = metrics.batch_size.labels(model=args.served_model_name).observe
+    engine.on_abandoned = metrics.tokens
 
     def load() -> None:
         engine.load()
