@@ -188,9 +188,13 @@ class Emulator(kmock.KubernetesEmulator):
         queue: asyncio.Queue = asyncio.Queue()
         raw = request.raw
         resp = aiohttp.web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+        initial = params.get("sendInitialEvents") == "true"  # the WatchList protocol
         try:
-            watcher = self.store.subscribe(r.rt, r.namespace, pred, params.get("resourceVersion"),
+            watcher = self.store.subscribe(r.rt, r.namespace, pred, None if initial else params.get("resourceVersion"),
                                            lambda t, o: queue.put_nowait((t, o)))
+            if initial:  # still in the same synchronous step: the bookmark follows the listing
+                queue.put_nowait(("BOOKMARK", {"kind": r.rt.kind, "apiVersion": r.rt.group_version, "metadata": {
+                    "resourceVersion": str(self.store.rv), "annotations": {"k8s.io/initial-events-end": "true"}}}))
         except errors.ApiError as exc:
             if exc.code != 410:
                 raise
@@ -223,7 +227,7 @@ class Emulator(kmock.KubernetesEmulator):
 
     @staticmethod
     def _event(request: ApiRequest, r: Route, etype: str, obj: dict) -> str:
-        if tables.wants_table(request.headers):  # kubectl get -w asks for Table rows
+        if tables.wants_table(request.headers) and etype != "BOOKMARK":  # kubectl get -w asks for Table rows
             obj = tables.table(r.rt, [obj], obj["metadata"]["resourceVersion"])
         return json.dumps({"type": etype, "object": obj})
 

@@ -144,6 +144,14 @@ def test_watch_without_resource_version_starts_with_current_objects(k8s, namespa
     assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [("ADDED", "one")]
 
 
+def test_watch_list_protocol_ends_initial_events_with_a_bookmark(k8s, namespace):
+    k8s.create(configmap("one", namespace))
+    events = watch_events(k8s, f"/api/v1/namespaces/{namespace}/configmaps?watch=true&timeoutSeconds=1"
+                               "&sendInitialEvents=true&allowWatchBookmarks=true&resourceVersionMatch=NotOlderThan")
+    assert [e["type"] for e in events] == ["ADDED", "BOOKMARK"]
+    assert events[1]["object"]["metadata"]["annotations"] == {"k8s.io/initial-events-end": "true"}
+
+
 def test_watch_from_compacted_history_is_410_gone(k8s, namespace):
     k8s.emu.call(lambda: setattr(k8s.store, "compacted_rv", k8s.store.rv))
     try:

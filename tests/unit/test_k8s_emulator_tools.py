@@ -112,6 +112,14 @@ def test_kubectl_against_the_standalone_emulator(standalone):
     assert jobs.split() == ["job.batch/llama-download"]
     out = kubectl(standalone, "apply", "--validate=false", "-f", str(standalone / "all.yaml"))
     assert "model.modelyard.io/llama unchanged" in out
+    crds = standalone / "crds"
+    crds.mkdir()
+    (crds / "widgets.yaml").write_text(yaml.safe_dump(WIDGET_CRD))
+    kubectl(standalone, "apply", "--validate=false", "-f", str(crds))
+    (standalone / "w.yaml").write_text(yaml.safe_dump(widget("w", "default")))
+    assert "widget.emulator.test/w created" in kubectl(standalone, "apply", "--validate=false", "-f",
+                                                        str(standalone / "w.yaml"))
+    assert kubectl(standalone, "get", "widgets", "-o", "name").split() == ["widget.emulator.test/w"]
     bad = MANIFESTS.split("---")[0].replace("gpus: 2", "gpus: 2\n  precision: int3")
     (standalone / "bad.yaml").write_text(bad)
     out = kubectl(standalone, "apply", "--validate=false", "-f", str(standalone / "bad.yaml"), ok=False)
