@@ -31,6 +31,8 @@ def s3(tmp_path_factory):
         (big / "a.txt").write_text("a" * 1000)
         (big / "model.bin").write_bytes(os.urandom(BIG))
         server.upload_folder(big, "models", "big")
+        server.client().put_object(Bucket="models", Key="summed/model.bin", Body=b"weights" * 1000,
+                                   ChecksumAlgorithm="SHA256")
         server.tiny, server.big = tiny, big
         yield server
 
@@ -74,6 +76,27 @@ def test_tiny_model(env, s3, tmp_path):
     assert {f["path"] for f in manifest["files"]} == {f.name for f in s3.tiny.iterdir()}
     # the content digest is stable: a second source object gives the same revision
     assert _run("s3://models/tiny", tmp_path / "again").resolved_revision == result.resolved_revision
+
+
+def test_published_sha256_is_verified_and_recorded(env, tmp_path):
+    _run("s3://models/summed", tmp_path / "out")
+    manifest = json.loads((tmp_path / "out" / MANIFEST).read_text())
+    assert manifest["files"] == [{"path": "model.bin", "size": 7000,
+                                  "sha256": hashlib.sha256(b"weights" * 1000).hexdigest()}]
+
+
+def test_corrupted_bytes_fail_the_published_sha256(env, tmp_path, monkeypatch):
+    real = s3_source._FileJob._finish
+
+    def corrupt_then_finish(self):  # a bit flipped on the way (disk, proxy, memory)
+        os.pwrite(self.fd, b"X", 0)
+        real(self)
+    monkeypatch.setattr(s3_source._FileJob, "_finish", corrupt_then_finish)
+    with pytest.raises(DownloadError) as err:
+        _run("s3://models/summed", tmp_path / "out")
+    assert err.value.reason == "ChecksumMismatch" and "model.bin" in err.value.message
+    assert hashlib.sha256(b"weights" * 1000).hexdigest() in err.value.message
+    assert not (tmp_path / "out/model.bin").exists()
 
 
 def test_wrong_keys_are_unauthorized(env, s3, tmp_path, monkeypatch):

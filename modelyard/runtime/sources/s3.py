@@ -84,11 +84,16 @@ class S3Source:
 
     def list_files(self) -> list[RemoteFile]:
         start = len(self.prefix) + 1 if self.prefix else 0
-        files = []
-        for o in self._list():
-            sha = self._sha256(o["Key"]) if "SHA256" in (o.get("ChecksumAlgorithm") or []) else None
-            files.append(RemoteFile(check_relpath(o["Key"][start:], self.uri), o["Size"], sha))
-        return files
+        objects = self._list()
+        # AWS lists each object's checksum algorithm; other servers (SeaweedFS, MinIO) only say on HEAD
+        ask = [o["Key"] for o in objects if "SHA256" in (o.get("ChecksumAlgorithm") or ["SHA256"])]
+        try:
+            with ThreadPoolExecutor(self.workers, thread_name_prefix="s3-head") as pool:
+                shas = dict(zip(ask, pool.map(self._sha256, ask)))
+        except Exception as exc:  # noqa: BLE001
+            raise self._map(exc) from None
+        return [RemoteFile(check_relpath(o["Key"][start:], self.uri), o["Size"], shas.get(o["Key"]))
+                for o in objects]
 
     def _sha256(self, key: str) -> str | None:
         head = self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
