@@ -34,7 +34,10 @@ API that the operator, the `kubernetes` client, kopf and kubectl use, with the r
 Not emulated: controllers (no Job or Deployment ever runs — tests play them with
 `K8s.patch_status`), admission webhooks, RBAC/authentication (any token is accepted), OpenAPI
 (`kubectl apply` needs `--validate=false`), `dryRun` (refused with 400), pagination (`limit` is
-ignored and everything is returned), protobuf, foreground deletion (treated as background).
+ignored and everything is returned), foreground deletion (treated as background), protobuf
+and CBOR bodies (415: imperative `kubectl create job ...` sends protobuf; `kubectl apply`/
+`create -f` send JSON and work), managedFields. `GET /emulator/stats` counts requests per verb and
+resource (the operator benchmark reports API calls per Model from it).
 
 Standalone, serving in the foreground on 127.0.0.1 (Ctrl-C or SIGTERM stops it)::
 

@@ -253,8 +253,12 @@ def _body(request: ApiRequest, default: Any = None) -> Any:
         if default is not None:
             return default
         raise errors.bad_request("the request body is empty")
+    ctype = request.headers.get("Content-Type", "")
+    if "protobuf" in ctype or "cbor" in ctype:
+        raise errors.ApiError(415, "UnsupportedMediaType", f"the body of the request was in an unknown format - "
+                              f"accepted media types include: application/json, application/yaml (got {ctype})")
     try:
-        if request.headers.get("Content-Type", "").startswith("application/yaml"):
+        if ctype.startswith("application/yaml"):
             return yaml.safe_load(request.text)
         return json.loads(request.text)
     except (ValueError, yaml.YAMLError) as exc:

@@ -42,9 +42,19 @@ def json_path(obj: Any, path: str) -> Any:
     return cur
 
 
+BUILTIN_COLUMNS = {  # a few of kubectl's familiar columns for built-in kinds
+    "Namespace": [("Status", ".status.phase")],
+    "Pod": [("Status", ".status.phase")],
+    "PersistentVolumeClaim": [("Status", ".status.phase")],
+    "Service": [("Type", ".spec.type"), ("Cluster-IP", ".spec.clusterIP")],
+    "Job": [("Succeeded", ".status.succeeded"), ("Failed", ".status.failed")],
+    "Deployment": [("Ready", ".status.readyReplicas"), ("Replicas", ".spec.replicas")],
+}
+
+
 def _columns(rt: ResourceType) -> list[dict]:
     if rt.crd is None:
-        return []
+        return [{"name": n, "type": "string", "jsonPath": p} for n, p in BUILTIN_COLUMNS.get(rt.kind, [])]
     for ver in (rt.crd.get("spec") or {}).get("versions") or []:
         if ver.get("name") == rt.version:
             return list(ver.get("additionalPrinterColumns") or [])
