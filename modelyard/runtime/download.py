@@ -82,7 +82,8 @@ def _run(req: Request, dest: Path, stream) -> Result:
     src = open_source(req.source, req.revision)
     resolved = src.resolve()
     listing = src.list_files()
-    files = [f for f in listing if _included(f.path, req.include)]
+    archive = getattr(src, "archive", None)  # --include then applies to the archive's members
+    files = listing if archive else [f for f in listing if _included(f.path, req.include)]
     if not files:
         raise DownloadError("InvalidSource", f"{redact(req.source)}: no files match --include "
                             f"{' '.join(req.include)}; the source has: {_names(listing)}")
@@ -102,12 +103,18 @@ def _run(req: Request, dest: Path, stream) -> Result:
     total = sum(f.size for f in todo) if all(f.size is not None for f in todo) else None
     with Progress(total, step="download", stream=stream) as progress:
         installed = _install(src, first, dest, staging, ledger, progress)
+        plan = _plan(dest, req, stream) if not archive else None
+        installed += _install(src, rest, dest, staging, ledger, progress, req.include)
+    if archive and not installed:
+        raise DownloadError("InvalidSource", f"{redact(req.source)}: no archive member matches --include "
+                            f"{' '.join(req.include)}")
+    if archive:  # the config was inside: plan now, to record it (and to fail before serving)
         plan = _plan(dest, req, stream)
-        installed += _install(src, rest, dest, staging, ledger, progress)
     return _finish(req, dest, Result(resolved, installed, plan))
 
 
-def _install(src, files: list[RemoteFile], dest: Path, staging: Path, ledger, progress) -> list[RemoteFile]:
+def _install(src, files: list[RemoteFile], dest: Path, staging: Path, ledger, progress,
+             include: list[str] = ()) -> list[RemoteFile]:
     """Fetch what is not yet in place, verify it, move it into ``dest``; return what is there."""
     todo = [f for f in files if not ledger.has(f, dest)]
     fetch = [f for f in todo if not _staged_complete(staging, f)]  # finished before a kill
@@ -127,6 +134,8 @@ def _install(src, files: list[RemoteFile], dest: Path, staging: Path, ledger, pr
         staged = staging / f.path
         got = _verify(staged, f)
         members = src.unpack(staged, staging) if hasattr(src, "unpack") else None
+        if members is not None:
+            members = [m for m in members if _included(m.path, list(include))]
         for m in (members if members is not None else [got]):
             origin = staging / ".unpack" / m.path if members is not None else staged
             target = dest / m.path

@@ -97,6 +97,12 @@ def test_archives_are_unpacked(server, tmp_path, name):
     assert [f["path"] for f in manifest["files"]] == ["config.json", "sub/model.bin"]
 
 
+def test_include_applies_to_archive_members(server, tmp_path):
+    result = _get(tmp_path, f"{server.url}/model.tar.gz", include=["sub/*"])
+    assert [f.path for f in result.files] == ["sub/model.bin"]
+    assert not (tmp_path / "out/config.json").exists()
+
+
 @pytest.mark.parametrize("name", ["evil.tar.gz", "evil.zip"])
 def test_malicious_archive_is_rejected(server, tmp_path, name):
     dest = tmp_path / "deep" / "out"
