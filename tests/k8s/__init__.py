@@ -29,7 +29,8 @@ API that the operator, the `kubernetes` client, kopf and kubectl use, with the r
   rejected, defaults applied) and `x-kubernetes-validations` CEL rules (celpy, plus
   `isSorted`, `lowerAscii`, `upperAscii`, `trim`): 422 `Invalid` naming the field — see
   `tests.k8s.validation.validate_against_crd`;
-* `pods/<name>/log` answers the text a test sets with `K8s.set_pod_log(ns, name, text)`.
+* `pods/<name>/log` answers the text a test sets with `K8s.set_pod_log(ns, name, text)` (or, for
+  the standalone server, `curl -X PUT --data-binary @log.txt URL/emulator/logs/NS/POD`).
 
 Not emulated: controllers (no Job or Deployment ever runs — tests play them with
 `K8s.patch_status`), admission webhooks, RBAC/authentication (any token is accepted), OpenAPI

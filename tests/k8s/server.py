@@ -48,6 +48,10 @@ class Emulator(kmock.KubernetesEmulator):
         """Kubernetes paths are served here; anything else goes to kmock's reactions."""
         if raw.path == "/emulator/stats":  # request counts, for benchmarks and curious tests
             return _json(dict(self.stats))
+        if raw.path.startswith("/emulator/logs/") and raw.method == "PUT":  # /emulator/logs/NS/POD
+            ns, _, pod = raw.path[len("/emulator/logs/"):].partition("/")
+            self.store.logs[(ns, pod)] = (await raw.read()).decode("utf-8", "replace")
+            return _json({"namespace": ns, "pod": pod})
         if raw.path.rstrip("/") not in ("", "/version") and not raw.path.startswith(("/api/", "/apis", "/openapi")) \
                 and raw.path != "/api":
             return await super().__call__(raw)

@@ -120,6 +120,11 @@ def test_kubectl_against_the_standalone_emulator(standalone):
     assert "widget.emulator.test/w created" in kubectl(standalone, "apply", "--validate=false", "-f",
                                                         str(standalone / "w.yaml"))
     assert kubectl(standalone, "get", "widgets", "-o", "name").split() == ["widget.emulator.test/w"]
+    kubectl(standalone, "run", "p", "--image=busybox")
+    server = yaml.safe_load((standalone / "kubeconfig").read_text())["clusters"][0]["cluster"]["server"]
+    req = urllib.request.Request(f"{server}/emulator/logs/default/p", data=b"hello from p\n", method="PUT")
+    urllib.request.urlopen(req, timeout=5).close()
+    assert kubectl(standalone, "logs", "p") == "hello from p\n"
     bad = MANIFESTS.split("---")[0].replace("gpus: 2", "gpus: 2\n  precision: int3")
     (standalone / "bad.yaml").write_text(bad)
     out = kubectl(standalone, "apply", "--validate=false", "-f", str(standalone / "bad.yaml"), ok=False)
