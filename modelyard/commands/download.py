@@ -48,6 +48,10 @@ def run(args) -> int:
     from modelyard.runtime.sources import redact
 
     plan_args = None if args.no_plan else _plan_args(args)
+    bad = _check_plan_args(plan_args)
+    if bad:
+        print(f"modelyard download: {bad}", file=sys.stderr)
+        return 2
     # With no --plan-* flag there is no target to check against: the plan is recorded, not enforced.
     request = Request(source=args.source, dest=args.dest, revision=args.revision, include=list(args.include),
                       plan_args=plan_args, enforce_plan=args.enforce_plan and bool(plan_args))
@@ -72,6 +76,23 @@ def _plan_args(args) -> dict:
     pairs = {"precision": args.plan_precision, "engine": args.plan_engine, "gpus": args.plan_gpus,
              "gpu_memory": args.plan_gpu_memory, "max_model_len": args.plan_max_model_len}
     return {k: v for k, v in pairs.items() if v is not None}
+
+
+def _check_plan_args(plan_args: dict | None) -> str | None:
+    """Let the planner judge the --plan-* values on a tiny probe config, before any download."""
+    if not plan_args:
+        return None
+    from modelyard.planner import PlanError, plan
+    from modelyard.runtime.tiny import TINY_LLAMA
+
+    probe = {**TINY_LLAMA, "architectures": ["LlamaForCausalLM"], "model_type": "llama"}
+    try:
+        plan(probe, **plan_args)
+    except PlanError as exc:
+        field = str(exc).split(":", 1)[0]
+        flag = {"gpuMemory": "--plan-gpu-memory", "maxModelLen": "--plan-max-model-len"}.get(field, f"--plan-{field}")
+        return f"{flag}: {str(exc).split(':', 1)[-1].strip()}"
+    return None
 
 
 def termination_log_path(explicit: str | None) -> Path | None:

@@ -89,3 +89,12 @@ def test_termination_log_only_when_asked_or_present(tmp_path, monkeypatch):
     assert termination_log_path(None) is None  # not in a pod: no file is created
     default.write_text("")
     assert termination_log_path(None) == default
+
+
+def test_bad_plan_flag_is_named_before_anything_moves(tmp_path, capsys):
+    from modelyard.cli import main
+
+    rc = main(["download", "--source", f"file://{tmp_path}", "--dest", str(tmp_path / "out"),
+               "--plan-precision", "fp7"])
+    assert rc == 2 and "--plan-precision: 'fp7' is not one of" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
