@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,8 +92,7 @@ def _run(req: Request, dest: Path, stream) -> Result:
         log(stream, f"{dest} is the source folder itself: nothing to copy")
         plan = _plan(dest, req, stream)
         return _finish(req, dest, Result(resolved, files, plan))
-    staging = dest / PARTIAL
-    staging.mkdir(exist_ok=True)
+    staging = _staging(dest, resolved)
     ledger = _Ledger(staging / LEDGER, resolved, _manifest_files(dest, redact(req.source), resolved))
     # plan before a single weight byte moves: the config (and index) come first
     first = [f for f in listing if f.path in PLAN_FILES] if req.plan_args is not None else []
@@ -130,9 +130,10 @@ def _install(src, files: list[RemoteFile], dest: Path, staging: Path, ledger, pr
                                 f"{human_bytes(need)} ({need} bytes), {human_bytes(shutil.disk_usage(dest).free)} "
                                 "is free now; give the cache volume more room") from None
     out = [f for f in files if f not in todo]
-    for f in todo:
+    with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:  # sha256 of big files, in parallel
+        verified = list(pool.map(lambda f: _verify(staging / f.path, f), todo))
+    for f, got in zip(todo, verified):
         staged = staging / f.path
-        got = _verify(staged, f)
         members = src.unpack(staged, staging) if hasattr(src, "unpack") else None
         if members is not None:
             members = [m for m in members if _included(m.path, list(include))]
@@ -146,6 +147,17 @@ def _install(src, files: list[RemoteFile], dest: Path, staging: Path, ledger, pr
         if members is not None:
             staged.unlink()
     return out
+
+
+def _staging(dest: Path, resolved: str) -> Path:
+    """``DEST/.partial``, emptied first if a killed run left it for another revision."""
+    staging = dest / PARTIAL
+    marker = staging / "revision"
+    if staging.exists() and (not marker.is_file() or marker.read_text() != resolved):
+        shutil.rmtree(staging)
+    staging.mkdir(exist_ok=True)
+    marker.write_text(resolved)
+    return staging
 
 
 def _staged_complete(staging: Path, f: RemoteFile) -> bool:

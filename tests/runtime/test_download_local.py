@@ -108,3 +108,13 @@ def test_disk_full_while_writing(tiny_disk, tmp_path):
         with pytest.raises(DownloadError) as err:
             _run(f"{srv.url}/model.bin", tiny_disk / "out")
     assert err.value.reason == "DiskFull" and "no space left" in err.value.message
+
+
+def test_leftovers_of_another_revision_are_not_reused(folder, tmp_path):
+    """A killed run left a complete-looking file for an older revision: it must not be installed."""
+    staging = tmp_path / "out" / ".partial"
+    staging.mkdir(parents=True)
+    (staging / "revision").write_text("local:older")
+    (staging / "model.bin").write_bytes(b"\0" * 300_000)  # right size, wrong bytes
+    _run(f"file://{folder}", tmp_path / "out")
+    assert (tmp_path / "out/model.bin").read_bytes() == (folder / "model.bin").read_bytes()
