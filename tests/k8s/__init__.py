@@ -26,7 +26,9 @@ API that the operator, the `kubernetes` client, kopf and kubectl use, with the r
   their kinds at once (`kubectl apply -f crds/` works); `Table` output with a CRD's printer
   columns for `kubectl get`;
 * custom resources validated against their CRD's openAPIV3Schema (jsonschema; unknown fields
-  rejected, defaults applied) and `x-kubernetes-validations` CEL rules (celpy, plus
+  rejected — fieldValidation=Ignore or Warn, which
+  `kubectl apply --validate=false` sends, prunes them instead; a real server's default is Warn,
+  here it is Strict — defaults applied) and `x-kubernetes-validations` CEL rules (celpy, plus
   `isSorted`, `lowerAscii`, `upperAscii`, `trim`): 422 `Invalid` naming the field — see
   `tests.k8s.validation.validate_against_crd`;
 * `pods/<name>/log` answers the text a test sets with `K8s.set_pod_log(ns, name, text)` (or, for

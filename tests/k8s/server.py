@@ -133,11 +133,11 @@ class Emulator(kmock.KubernetesEmulator):
             return _json(tables.table(r.rt, [obj], obj["metadata"]["resourceVersion"])
                          if tables.wants_table(request.headers) else obj)
         if method == "POST" and r.name is None:
-            return _json(store.create(r.rt, r.namespace, _body(request)), 201)
+            return _json(store.create(r.rt, r.namespace, _body(request), _strict(request)), 201)
         if method == "PUT" and r.name is not None:
             if store.find(r.rt, r.namespace, r.name) is None and r.sub is None:
                 raise errors.not_found(r.rt, r.name)
-            return _json(store.update(r.rt, r.namespace, r.name, _body(request), r.sub))
+            return _json(store.update(r.rt, r.namespace, r.name, _body(request), r.sub, _strict(request)))
         if method == "PATCH" and r.name is not None:
             return self._patch(request, r)
         if method == "DELETE" and r.name is not None:
@@ -166,10 +166,10 @@ class Emulator(kmock.KubernetesEmulator):
             if is_apply and r.sub is None and isinstance(patch, dict):
                 meta = patch.setdefault("metadata", {})
                 meta.setdefault("name", r.name)
-                return _json(self.store.create(r.rt, r.namespace, patch), 201)
+                return _json(self.store.create(r.rt, r.namespace, patch, _strict(request)), 201)
             raise errors.not_found(r.rt, r.name)
         patched = patching.apply_patch(current, patch, ctype, custom=r.rt.crd is not None)
-        return _json(self.store.update(r.rt, r.namespace, r.name, patched, r.sub))
+        return _json(self.store.update(r.rt, r.namespace, r.name, patched, r.sub, _strict(request)))
 
     def _delete_collection(self, request: ApiRequest, r: Route) -> aiohttp.web.StreamResponse:
         pred = combined(request.params.get("labelSelector"), request.params.get("fieldSelector"))
@@ -234,6 +234,12 @@ class Emulator(kmock.KubernetesEmulator):
         if tables.wants_table(request.headers) and etype != "BOOKMARK":  # kubectl get -w asks for Table rows
             obj = tables.table(r.rt, [obj], obj["metadata"]["resourceVersion"])
         return json.dumps({"type": etype, "object": obj})
+
+
+def _strict(request: ApiRequest) -> bool:
+    """Unknown fields are refused unless the client asks for fieldValidation=Ignore or Warn
+    (a real server's default is Warn; here it is Strict, to catch misspelt fields in tests)."""
+    return request.params.get("fieldValidation", "Strict") == "Strict"
 
 
 def _call_soon(fn) -> None:

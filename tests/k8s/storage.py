@@ -126,15 +126,17 @@ class Store:
             raise errors.ApiError(403, "Forbidden", f'{errors.qualified(rt)} is forbidden: unable to create '
                                   f'new content in namespace {ns} because it is being terminated')
 
-    def _validate(self, rt: ResourceType, obj: dict, old: dict | None) -> None:
+    def _validate(self, rt: ResourceType, obj: dict, old: dict | None, strict: bool = True) -> None:
         if rt.crd is None:
             return
+        if not strict:  # fieldValidation=Ignore|Warn: unknown fields are dropped, not refused
+            validation.prune_unknown(validation.version_schema(rt.crd, rt.version), obj)
         validation.apply_crd_defaults(rt.crd, obj, rt.version)
         found = validation.validate_against_crd(rt.crd, obj, old)
         if found:
             raise errors.invalid(rt, obj["metadata"].get("name", ""), found)
 
-    def create(self, rt: ResourceType, ns: str | None, body: dict) -> dict:
+    def create(self, rt: ResourceType, ns: str | None, body: dict, strict: bool = True) -> dict:
         obj = copy.deepcopy(body)
         if not isinstance(obj, dict):
             raise errors.bad_request("the body of the request must be a JSON object")
@@ -164,7 +166,7 @@ class Store:
         if rt.status and rt.kind != "CustomResourceDefinition":
             obj.pop("status", None)
         self._kind_defaults(rt, obj)
-        self._validate(rt, obj, None)
+        self._validate(rt, obj, None, strict)
         if rt.kind == "CustomResourceDefinition":
             self._register_crd(obj)
         return self._store(rt, obj, "ADDED", None)
@@ -189,7 +191,7 @@ class Store:
             self.registry.add(rt)
 
     def update(self, rt: ResourceType, ns: str | None, name: str, body: dict,
-               subresource: str | None = None) -> dict:
+               subresource: str | None = None, strict: bool = True) -> dict:
         """PUT semantics for the main resource or its /status; patches land here too."""
         old = self.get(rt, ns, name)
         new = copy.deepcopy(body)
@@ -217,7 +219,7 @@ class Store:
             else:
                 meta.pop(field, None)
         new["apiVersion"], new["kind"] = old["apiVersion"], old["kind"]
-        self._validate(rt, new, old)
+        self._validate(rt, new, old, strict)
         if new == old:
             return old  # a no-op write changes nothing, not even resourceVersion
         if rt.has_spec and _spec_part(new) != _spec_part(old):

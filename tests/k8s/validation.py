@@ -115,6 +115,23 @@ def apply_defaults(schema: dict, value: Any) -> Any:
     return value
 
 
+def prune_unknown(schema: dict, value: Any, root: bool = True) -> Any:
+    """Drop fields the structural schema does not declare (in place), as the server prunes."""
+    keep = {"apiVersion", "kind", "metadata"} if root else set()
+    if isinstance(value, dict) and schema.get("type") == "object" and "additionalProperties" not in schema \
+            and not schema.get("x-kubernetes-preserve-unknown-fields"):
+        for key in [k for k in value if k not in (schema.get("properties") or {}) and k not in keep]:
+            value.pop(key)
+    if isinstance(value, dict):
+        for key, sub in (schema.get("properties") or {}).items():
+            if key in value and key not in keep:
+                prune_unknown(sub, value[key], False)
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for item in value:
+            prune_unknown(schema["items"], item, False)
+    return value
+
+
 def apply_crd_defaults(crd: dict, obj: dict, version: str | None = None) -> dict:
     return apply_defaults(version_schema(crd, version), obj)
 

@@ -339,6 +339,13 @@ def test_invalid_models_are_422_naming_the_field(api, namespace, spec, field, me
     assert any(c["field"] == field and message in c["message"] for c in status["details"]["causes"])
 
 
+def test_unknown_fields_are_pruned_when_the_client_asks_to_ignore_them(k8s, namespace):
+    body = model("pruned", namespace, colour="red")
+    code, created = http(k8s, "POST", f"/apis/modelyard.io/v1alpha1/namespaces/{namespace}/models"
+                                      "?fieldValidation=Ignore", body)
+    assert code == 201 and "colour" not in created["spec"] and created["metadata"]["name"] == "pruned"
+
+
 def test_validate_against_crd_is_reusable():
     ok = validation.validate_against_crd(MODEL_CRD, model("x", "ns"))
     assert ok == []
