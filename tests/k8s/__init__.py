@@ -15,7 +15,8 @@ API that the operator, the `kubernetes` client, kopf and kubectl use, with the r
   (metadata.name, metadata.namespace, ...), `timeoutSeconds`; an object that stops matching a
   selector arrives as DELETED. Choice: a `resourceVersion` older than the retained history
   (100,000 events) gets 200 + an ERROR event with a 410 `Expired` Status, as the real server
-  does; clients relist. No BOOKMARK events;
+  does; clients relist. BOOKMARK only ends the initial events of `sendInitialEvents=true`
+  (the WatchList protocol); no periodic bookmarks;
 * `/status` subresources (CRDs that declare one, Job, Deployment, Pod, Service, PVC, Namespace):
   status writes change only `.status` and never `generation`; the main resource ignores `.status`;
 * finalizers (deletionTimestamp, then deletion once they are gone), owner-reference garbage
@@ -29,7 +30,8 @@ API that the operator, the `kubernetes` client, kopf and kubectl use, with the r
   rejected — fieldValidation=Ignore or Warn, which
   `kubectl apply --validate=false` sends, prunes them instead; a real server's default is Warn,
   here it is Strict — defaults applied) and `x-kubernetes-validations` CEL rules (celpy, plus
-  `isSorted`, `lowerAscii`, `upperAscii`, `trim`): 422 `Invalid` naming the field — see
+  `isSorted`, `lowerAscii`, `upperAscii`, `trim`; unchanged values are not re-checked on updates,
+  like the server's validation ratcheting): 422 `Invalid` naming the field — see
   `tests.k8s.validation.validate_against_crd`;
 * `pods/<name>/log` answers the text a test sets with `K8s.set_pod_log(ns, name, text)` (or, for
   the standalone server, `curl -X PUT --data-binary @log.txt URL/emulator/logs/NS/POD`).
