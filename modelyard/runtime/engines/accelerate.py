@@ -77,6 +77,8 @@ def load_kwargs(model_dir: str, precision: str, gpus: int, max_memory: dict | No
     if precision == "fp8" and not prequantized:
         raise EngineConfigError("precision fp8 on the accelerate engine needs a converted fp8 checkpoint "
                                 "(modelyard convert --precision fp8); or use the vllm engine, or precision bfloat16")
+    if gpus > 0 and max_memory is None:
+        max_memory = _first_gpus(gpus)
     if max_memory is None and gpus == 0:
         kwargs["device_map"] = "cpu"
     else:
@@ -86,6 +88,19 @@ def load_kwargs(model_dir: str, precision: str, gpus: int, max_memory: dict | No
             # used only when something lands on disk; one fixed folder, not a new one per start
             kwargs["offload_folder"] = offload_folder or str(Path(tempfile.gettempdir()) / "modelyard-offload")
     return kwargs
+
+
+def _first_gpus(gpus: int) -> dict | None:
+    """Keep ``device_map="auto"`` on the first ``gpus`` GPUs (plus CPU) when more are visible."""
+    import psutil
+    import torch
+
+    visible = torch.cuda.device_count()
+    if gpus > visible:
+        raise EngineConfigError(f"--gpus {gpus} but only {visible} GPU(s) are visible")
+    if gpus == visible:
+        return None  # accelerate's own default: every visible GPU, then CPU
+    return {**{i: torch.cuda.mem_get_info(i)[0] for i in range(gpus)}, "cpu": psutil.virtual_memory().available}
 
 
 def _context_length(config, tokenizer, requested: int | None) -> int:
