@@ -192,3 +192,29 @@ def test_legacy_non_zip_bin_and_download_manifest_checksums(tiny, weights, tmp_p
     assert files == [{"name": "pytorch_model.bin", "bytes": manifest["files"][0]["size"], "sha256": digest,
                       "sha256From": "modelyard-manifest.json"}]
     assert not (out / "modelyard-manifest.json").exists()
+
+
+def test_bin_bytes_copied_in_kernel_or_written_when_the_filesystem_refuses(tiny, weights, tmp_path, monkeypatch):
+    import errno
+
+    src = tmp_path / "bin"
+    copy_side_files(tiny, src)
+    torch.save(weights, src / "pytorch_model.bin")
+    calls = []
+    real = os.copy_file_range
+
+    def counting(*args):
+        calls.append(args[2])
+        return real(*args)
+
+    monkeypatch.setattr(os, "copy_file_range", counting)
+    convert(Request(input=src, output=tmp_path / "kernel"))
+    assert_same(tmp_path / "kernel", weights)
+    assert sum(calls) >= sum(v.nbytes for v in weights.values())  # every tensor went through the in-kernel copy
+
+    def refuse(*args):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "copy_file_range", refuse)
+    convert(Request(input=src, output=tmp_path / "written"))
+    assert_same(tmp_path / "written", weights)

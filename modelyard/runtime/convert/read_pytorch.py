@@ -82,6 +82,7 @@ class PytorchSource(TensorSource):
         for path in self.files:
             state = load_state_dict(path)
             self._mapped = not _is_legacy(path)  # legacy (non-zip) files load into the heap: never madvise those
+            self._file = (path, _mapping_start(path)) if self._mapped else None
             try:
                 yield from state.items()
             finally:
@@ -91,6 +92,36 @@ class PytorchSource(TensorSource):
     def release(self, piece: torch.Tensor) -> None:
         if getattr(self, "_mapped", False):
             release_pages(piece)
+
+    def file_range(self, tensor: torch.Tensor) -> tuple[Path, int] | None:
+        """Where a contiguous mmap-loaded tensor's bytes sit in its file (for an in-kernel copy)."""
+        if getattr(self, "_file", None) is None or self._file[1] is None or not tensor.is_contiguous():
+            return None
+        path, start = self._file
+        offset = tensor.data_ptr() - start
+        nbytes = tensor.numel() * tensor.element_size()
+        if offset < 0 or offset + nbytes > path.stat().st_size:
+            return None
+        probe = min(nbytes, 64)
+        with open(path, "rb") as fh:  # the mapping is the file: check before trusting it
+            fh.seek(offset)
+            if fh.read(probe) != tensor.reshape(-1).view(torch.uint8)[:probe].numpy().tobytes():
+                return None
+        return path, offset
+
+
+def _mapping_start(path: Path) -> int | None:
+    """Address at which torch.load(mmap=True) mapped ``path`` (offset 0), from /proc/self/maps."""
+    real = os.path.realpath(path)
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                fields = line.split(maxsplit=5)
+                if len(fields) == 6 and fields[5].rstrip("\n") == real and int(fields[2], 16) == 0:
+                    start = int(fields[0].split("-")[0], 16)
+        return start
+    except (OSError, UnboundLocalError, ValueError):
+        return None
 
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096

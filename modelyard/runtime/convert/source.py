@@ -51,6 +51,10 @@ class TensorSource:
     def _iter(self) -> Iterator[tuple[str, torch.Tensor]]:
         raise NotImplementedError
 
+    def file_range(self, tensor: torch.Tensor) -> tuple[Path, int] | None:
+        """``(file, offset)`` holding this yielded tensor's exact bytes, when the reader knows it."""
+        return None
+
     def release(self, piece: torch.Tensor) -> None:
         """Called once ``piece`` (a view of a yielded tensor) is written; readers backed by a
         memory map drop its pages here."""

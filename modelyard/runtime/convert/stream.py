@@ -63,7 +63,7 @@ def write_weights(found: Detected, dest: Path, dtype, max_shard_bytes: int = MAX
     writer = ShardWriter(dest, entries, max_shard_bytes, on_bytes=progress.advance)
     try:
         for name, tensor in source.tensors():
-            writer.write(name, tensor, release=source.release)
+            writer.write(name, tensor, release=source.release, file_range=source.file_range)
         writer.close()
     finally:
         writer.abort()

@@ -9,6 +9,7 @@ shard gets ``model.safetensors.index.json``. The format is the documented safete
 from __future__ import annotations
 
 import json
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,8 +66,9 @@ class ShardWriter:
         self._fh = None
         self._on_bytes = on_bytes or (lambda n: None)
 
-    def write(self, name: str, tensor: torch.Tensor, release=None) -> None:
-        """Write ``tensor`` (cast to its planned dtype chunk by chunk); ``release(piece)`` after each chunk."""
+    def write(self, name: str, tensor: torch.Tensor, release=None, file_range=None) -> None:
+        """Write ``tensor``: copied in-kernel from its input file when ``file_range(tensor)`` knows where
+        its bytes are and no cast is needed; else cast chunk by chunk, calling ``release(piece)`` after each."""
         if self._pos >= len(self._order):
             raise ConvertError("WriteOrder", f"tensor {name} was not planned for the output")
         shard, entry = self._order[self._pos]
@@ -74,15 +76,40 @@ class ShardWriter:
             raise ConvertError("WriteOrder", f"expected tensor {entry.name} {list(entry.shape)}, got {name} {list(tensor.shape)}")
         if entry is shard.entries[0]:
             self._open(shard)
+        where = file_range(tensor) if file_range is not None and tensor.dtype == entry.dtype else None
+        if where is None or not self._copy_range(*where, nbytes(entry)):
+            self._write_chunks(tensor, entry, release)
+        self._pos += 1
+        if entry is shard.entries[-1]:
+            self._fh.close()
+            self._fh = None
+
+    def _copy_range(self, path: Path, offset: int, length: int) -> bool:
+        """In-kernel copy (``copy_file_range``, what ``cp`` uses): the bytes never enter this process.
+        False (and nothing written) where the filesystems do not support it."""
+        fd = self._fh.fileno()
+        start = os.lseek(fd, 0, os.SEEK_CUR)
+        try:
+            with open(path, "rb", buffering=0) as src:
+                done = 0
+                while done < length:
+                    n = os.copy_file_range(src.fileno(), fd, min(length - done, 1 << 30), offset + done)
+                    if n == 0:
+                        raise ConvertError("CorruptFile", f"{path.name} ended while copying {length} bytes at offset {offset}")
+                    done += n
+                    self._on_bytes(n)
+        except OSError:  # EXDEV, EOPNOTSUPP, ENOSYS...: rewind and let the caller write the bytes
+            os.lseek(fd, start, os.SEEK_SET)
+            os.ftruncate(fd, start)
+            return False
+        return True
+
+    def _write_chunks(self, tensor: torch.Tensor, entry: Entry, release) -> None:
         for piece, data in cast_chunks(tensor, entry.dtype):
             self._fh.write(memoryview(data))
             self._on_bytes(data.nbytes)
             if release is not None:
                 release(piece)
-        self._pos += 1
-        if entry is shard.entries[-1]:
-            self._fh.close()
-            self._fh = None
 
     def _open(self, shard: Shard) -> None:
         header, offset = {"__metadata__": {"format": "pt"}}, 0
@@ -91,7 +118,7 @@ class ShardWriter:
             offset += nbytes(e)
         raw = json.dumps(header, separators=(",", ":")).encode()
         raw += b" " * (-len(raw) % 8)
-        self._fh = open(self.out / shard.file, "wb")
+        self._fh = open(self.out / shard.file, "wb", buffering=0)  # raw: writes and copy_file_range share the position
         self._fh.write(struct.pack("<Q", len(raw)) + raw)
 
     def close(self) -> list[str]:
