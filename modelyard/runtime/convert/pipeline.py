@@ -15,6 +15,7 @@ from pathlib import Path
 from modelyard.runtime.convert import provenance, publish
 from modelyard.runtime.convert.cast import needs_cast, target_dtype
 from modelyard.runtime.convert.detect import Detected, detect
+from modelyard.runtime.convert.expected import expected_for
 from modelyard.runtime.convert.quantize import QUANT_PRECISIONS, recipe_for
 from modelyard.runtime.convert.stream import write_weights
 from modelyard.runtime.convert.writer import MAX_SHARD_BYTES
@@ -64,6 +65,7 @@ def convert(req: Request, log=None) -> dict:
         provenance.write(partial, record)
         publish.publish(partial, output)
     except BaseException:
+        hasher.cancel()
         publish.discard(partial)
         raise
     log(f"converted {found.format} → {output} ({_describe(recipe)})")
@@ -104,9 +106,11 @@ def _build(req: Request, found: Detected, recipe: dict, partial: Path, log) -> N
     _set_config_dtype(stage, dtype)
     _load_transform_save(req, recipe, stage, partial, dtype, log)
     shutil.rmtree(stage)
-    verify(partial, None)
     if recipe["scheme"]:
+        verify(partial, None)  # packed weights and scales: other names than the float model's
         check_quantized(partial)
+    else:
+        verify(partial, expected_for(partial))
 
 
 def _load_transform_save(req: Request, recipe: dict, stage: Path, partial: Path, dtype, log) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
@@ -27,8 +28,14 @@ class Hasher:
         self.files = files
         self.known = _manifest_hashes(root, files) if root is not None else {}
         todo = [f for f in files if f not in self.known]
+        self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
-        self._futures: dict[Path, Future] = {f: self._pool.submit(sha256, f) for f in todo}
+        self._futures: dict[Path, Future] = {f: self._pool.submit(sha256, f, stop=self._stop) for f in todo}
+
+    def cancel(self) -> None:
+        """The conversion failed: stop hashing now rather than at interpreter exit."""
+        self._stop.set()
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
     def result(self) -> list[dict]:
         out = []
@@ -58,10 +65,12 @@ def _manifest_hashes(root: Path, files: list[Path]) -> dict[Path, str]:
     return out
 
 
-def sha256(path: Path, chunk: int = 1 << 20) -> str:
+def sha256(path: Path, chunk: int = 1 << 20, stop: threading.Event | None = None) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
+            if stop is not None and stop.is_set():
+                return ""
             h.update(block)
     return h.hexdigest()
 
