@@ -24,7 +24,7 @@ CONFIG = dict(
     max_position_embeddings=2048, rms_norm_eps=1e-5, tie_word_embeddings=False, dtype="float32",
 )
 SHARD_BYTES = 400_000_000
-REPEAT = 2
+REPEAT = 3
 
 _PRELUDE = """
 import json, os, resource, subprocess, sys, time
@@ -125,7 +125,7 @@ def _report(r: dict, total: int, file_bytes: int) -> str:
 
 Random Llama (hidden 2048, 6 layers, vocab 32000), {total / 1e9:.2f} GB of float32 weights in
 {SHARD_BYTES // 1_000_000} MB `pytorch_model-*.bin` shards ({gb:.2f} GB on disk). Each path runs in its own
-process from a warm page cache after `sync`, best of two runs; seconds exclude interpreter start and imports (last
+process from a warm page cache after `sync`, best of three runs; seconds exclude interpreter start and imports (last
 column) and the final writeback to disk.
 modelyard's time includes writing, verification and provenance. "hashes inputs" is a bare folder, so
 it computes the sha256 of every input file (in a thread, alongside the conversion); the plain row

@@ -29,7 +29,7 @@ class Hasher:
         self.known = _manifest_hashes(root, files) if root is not None else {}
         todo = [f for f in files if f not in self.known]
         self._stop = threading.Event()
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sha256")  # two files at once
         self._futures: dict[Path, Future] = {f: self._pool.submit(sha256, f, stop=self._stop) for f in todo}
 
     def cancel(self) -> None:
