@@ -220,8 +220,8 @@ def decide(model: Model, previous_status: dict | None, obs: ob.Observed, setting
     d.status = sb.build(phase)
     for cond in sb.transitions():
         bad = (cond["type"] == "Degraded" and cond["status"] == "True") or cond["reason"] in FAILURE_REASONS
-        if cond["type"] == "Degraded" and not bad:
-            continue
+        if cond["type"] in ("Degraded", "Ready") and not bad and cond["status"] != "True" or cond["type"] == "Degraded" and not bad:
+            continue  # "not ready yet" is what the other conditions' Events already say
         d.events.append({"type": "Warning" if bad else "Normal", "reason": cond["reason"], "message": f"{cond['type']}: {cond['message']}"})
     if phase in ("Downloading", "Converting", "Deploying"):
         d.retry_after = 5 if phase != "Deploying" else 10

@@ -8,25 +8,35 @@ import os
 import kopf
 
 from modelyard.api import GROUP, PLURAL, VERSION
+from modelyard.operator.cache import Cache
 from modelyard.operator.config import load_settings
 from modelyard.operator.kube import Kube
 from modelyard.operator.reconcile import Reconciler
 
 CHILD_LABELS = {"app.kubernetes.io/name": "modelyard"}
 _reconciler: Reconciler | None = None
+CACHE = Cache()
 
 
 def reconciler() -> Reconciler:
     global _reconciler
     if _reconciler is None:
-        _reconciler = Reconciler(Kube(), load_settings())
+        _reconciler = Reconciler(Kube(), load_settings(), CACHE)
     return _reconciler
+
+
+def _remember(kind: str, type: str | None, body) -> None:
+    obj = dict(body)
+    if type == "DELETED":
+        CACHE.forget(kind, obj)
+    else:
+        CACHE.put(kind, obj)
 
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_) -> None:
-    global _reconciler
-    _reconciler = None  # a restarted operator re-reads its config and kubeconfig
+    global _reconciler, CACHE
+    _reconciler, CACHE = None, Cache()  # a restarted operator re-reads config, kubeconfig and the world
     # Keep kopf's bookkeeping in annotations: status belongs to the Model's schema.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="modelyard.io")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="modelyard.io")
@@ -36,8 +46,9 @@ def configure(settings: kopf.OperatorSettings, **_) -> None:
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def model_event(name: str, namespace: str, **_) -> None:
+def model_event(type: str, body, name: str, namespace: str, **_) -> None:
     """Every change of a Model (create, update, resume after restart) → one reconcile pass."""
+    _remember("Model", type, body)
     reconciler().reconcile(namespace, name)
 
 
@@ -75,9 +86,37 @@ def _owner(body) -> str | None:
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=CHILD_LABELS)
-@kopf.on.event("apps", "v1", "deployments", labels=CHILD_LABELS)
-def child_event(body, namespace: str, **_) -> None:
-    """A Job finished or a Deployment became ready: look at its Model again."""
-    owner = _owner(body)
-    if owner:
+def job_event(type: str, body, namespace: str, **_) -> None:
+    """A Job finished: look at its Model again."""
+    _remember("Job", type, body)
+    if (owner := _owner(body)) and type != "DELETED":
         reconciler().reconcile(namespace, owner)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=CHILD_LABELS)
+def deployment_event(type: str, body, namespace: str, **_) -> None:
+    """A Deployment rolled out (or lost pods): look at its Model again."""
+    _remember("Deployment", type, body)
+    if (owner := _owner(body)) and type != "DELETED":
+        reconciler().reconcile(namespace, owner)
+
+
+@kopf.on.event("", "v1", "services", labels=CHILD_LABELS)
+def service_event(type: str, body, **_) -> None:
+    _remember("Service", type, body)
+
+
+@kopf.on.event("", "v1", "persistentvolumeclaims", labels=CHILD_LABELS)
+def pvc_event(type: str, body, **_) -> None:
+    _remember("PersistentVolumeClaim", type, body)
+
+
+@kopf.on.event("", "v1", "configmaps", labels=CHILD_LABELS)
+def configmap_event(type: str, body, **_) -> None:
+    _remember("ConfigMap", type, body)
+
+
+@kopf.on.event("", "v1", "pods", labels=CHILD_LABELS)
+def pod_event(type: str, body, **_) -> None:
+    """Pods of our Jobs (termination messages) and servers (adapter probes)."""
+    _remember("Pod", type, body)

@@ -9,6 +9,7 @@ from collections import defaultdict
 from modelyard.api import ValidationError, parse_model
 from modelyard.operator import metrics
 from modelyard.operator.decide import Action, Decision, decide
+from modelyard.operator.cache import Cache
 from modelyard.operator.kube import Kube
 from modelyard.operator.observe import Observed, job_state, owned_pods
 from modelyard.operator.resources import Settings
@@ -22,9 +23,11 @@ JOB_LABEL = "batch.kubernetes.io/job-name"
 
 
 class Reconciler:
-    def __init__(self, kube: Kube, settings: Settings):
+    def __init__(self, kube: Kube, settings: Settings, cache: Cache | None = None):
         self.kube = kube
         self.settings = settings
+        # With a cache (fed by the watches in handlers.py) a pass reads no objects from the API.
+        self.cache = cache
         self._locks: dict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
         self._due: dict[tuple[str, str], float] = {}
 
@@ -50,7 +53,7 @@ class Reconciler:
     def _reconcile(self, namespace: str, name: str) -> float | None:
         """One level-based pass; returns seconds after which to look again (None: stable)."""
         with self._locks[(namespace, name)], metrics.RECONCILE_SECONDS.time():
-            body = self.kube.get("Model", namespace, name)
+            body = self._get("Model", namespace, name)
             if body is None or body["metadata"].get("deletionTimestamp"):
                 metrics.forget(namespace, name)
                 return None
@@ -59,23 +62,32 @@ class Reconciler:
             except ValidationError as exc:
                 self._invalid(body, exc)
                 return None
-            decision = decide(model, body.get("status"), self.observe(model), self.settings, self._gpu_memory(model))
-            self._apply(body, decision)
+            for _ in range(3):
+                decision = decide(model, body.get("status"), self.observe(model), self.settings, self._gpu_memory(model))
+                if not self._execute_all(decision.actions):
+                    break  # else the cache was behind (a create met an existing object): look again
+            self._report(body, decision)
             metrics.observe_model(namespace, name, decision.status)
             return decision.retry_after
+
+    def _get(self, kind: str, ns: str, name: str) -> dict | None:
+        return self.cache.get(kind, ns, name) if self.cache else self.kube.get(kind, ns, name)
+
+    def _list(self, kind: str, ns: str, labels: dict[str, str]) -> list[dict]:
+        return self.cache.list(kind, ns, labels) if self.cache else self.kube.list(kind, ns, labels)
 
     def observe(self, model) -> Observed:
         ns, name = model.namespace, model.name
         obs = Observed(
-            pvc=None if model.spec.cache.claim_name else self.kube.get("PersistentVolumeClaim", ns, cache_claim(model)),
-            download_job=self.kube.get("Job", ns, f"{name}-download"),
-            convert_job=self.kube.get("Job", ns, f"{name}-convert"),
-            deployment=self.kube.get("Deployment", ns, name),
-            service=self.kube.get("Service", ns, name),
-            adapters_configmap=self.kube.get("ConfigMap", ns, f"{name}-adapters") if served_adapters(model) else None,
+            pvc=None if model.spec.cache.claim_name else self._get("PersistentVolumeClaim", ns, cache_claim(model)),
+            download_job=self._get("Job", ns, f"{name}-download"),
+            convert_job=self._get("Job", ns, f"{name}-convert"),
+            deployment=self._get("Deployment", ns, name),
+            service=self._get("Service", ns, name),
+            adapters_configmap=self._get("ConfigMap", ns, f"{name}-adapters") if served_adapters(model) else None,
         )
         if obs.deployment and served_adapters(model):
-            pods = self.kube.list("Pod", ns, {INSTANCE_LABEL: name, COMPONENT_LABEL: "server"})
+            pods = self._list("Pod", ns, {INSTANCE_LABEL: name, COMPONENT_LABEL: "server"})
             obs.adapter_pods = probe.adapters_loaded(pods, model.spec.serving.port)
         obs.download_pods, obs.download_log = self._pods_and_log(ns, obs.download_job, "download")
         obs.convert_pods, obs.convert_log = self._pods_and_log(ns, obs.convert_job, "convert")
@@ -84,7 +96,7 @@ class Reconciler:
     def _pods_and_log(self, ns: str, job: dict | None, container: str):
         if not job:
             return [], None
-        pods = owned_pods(job, self.kube.list("Pod", ns, {JOB_LABEL: job["metadata"]["name"]}))
+        pods = owned_pods(job, self._list("Pod", ns, {JOB_LABEL: job["metadata"]["name"]}))
         log_text = None
         if job_state(job) == "running":
             running = [p for p in pods if (p.get("status") or {}).get("phase") == "Running"]
@@ -97,31 +109,50 @@ class Reconciler:
         profile = self.settings.profiles.get(wanted or "") or {}
         return str(profile.get("memory")) if profile.get("memory") else wanted
 
-    def _apply(self, body: dict, decision: Decision) -> None:
-        for action in decision.actions:
-            self._execute(action)
+    def _execute_all(self, actions: list[Action]) -> bool:
+        """Apply the actions; True when a create found the object already there (cache behind)."""
+        behind = False
+        for action in actions:
+            behind |= self._execute(action)
+        return behind
+
+    def _report(self, body: dict, decision: Decision) -> None:
+        """One status patch per pass, only when something changed; an Event per transition."""
+        meta = body["metadata"]
         if changed(body.get("status"), decision.status):
-            self.kube.patch("Model", body["metadata"]["namespace"], body["metadata"]["name"],
-                            {"status": _merge_patch(body.get("status") or {}, decision.status)}, sub="status")
+            patched = self.kube.patch("Model", meta["namespace"], meta["name"],
+                                      {"status": _merge_patch(body.get("status") or {}, decision.status)}, sub="status")
+            self._remember("Model", patched)
         stamp = now()
         for ev in decision.events:
             self.kube.event(body, ev["type"], ev["reason"], ev["message"], stamp)
             if ev["type"] == "Warning":
                 metrics.ERRORS.labels(reason=ev["reason"]).inc()
 
-    def _execute(self, action: Action) -> None:
-        m = action.obj["metadata"]
+    def _remember(self, kind: str, obj: dict | None) -> None:
+        if self.cache and obj:
+            self.cache.put(kind, obj)
+
+    def _execute(self, action: Action) -> bool:
+        m, kind = action.obj["metadata"], action.obj["kind"]
         log.info("%s/%s: %s", m["namespace"], m["name"], action.key)
         if action.verb == "create":
-            self.kube.create(action.obj)
+            created = self.kube.create(action.obj)
+            if created is None:  # 409: it exists; refresh what we know of it
+                self._remember(kind, self.kube.get(kind, m["namespace"], m["name"]))
+                return True
+            self._remember(kind, created)
         elif action.verb == "replace":
-            self.kube.replace(action.obj)
+            self._remember(kind, self.kube.replace(action.obj))
         elif action.verb == "scale":
-            self.kube.patch(action.obj["kind"], m["namespace"], m["name"], {"spec": {"replicas": action.replicas}})
+            self._remember(kind, self.kube.patch(kind, m["namespace"], m["name"], {"spec": {"replicas": action.replicas}}))
         elif action.verb == "delete":
-            self.kube.delete(action.obj["kind"], m["namespace"], m["name"])
+            self.kube.delete(kind, m["namespace"], m["name"])
+            if self.cache:
+                self.cache.forget(kind, action.obj)
         else:
             raise ValueError(action.verb)
+        return False
 
     def _invalid(self, body: dict, exc: ValidationError) -> None:
         meta = body["metadata"]
@@ -131,7 +162,7 @@ class Reconciler:
         sb.condition("Ready", False, "InvalidSpec", message)
         decision = Decision(status=sb.build("Failed"))
         decision.events = [{"type": "Warning", "reason": "InvalidSpec", "message": message}] if sb.transitions() else []
-        self._apply(body, decision)
+        self._report(body, decision)
 
 
 def _merge_patch(old: dict, new: dict) -> dict:

@@ -22,7 +22,8 @@ def pod_for(k8s, job: dict, container: str, *, phase: str, terminated: dict | No
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {
             "name": f"{name}-{uuid.uuid4().hex[:5]}", "namespace": ns,
-            "labels": {"batch.kubernetes.io/job-name": name, "job-name": name},
+            # what the Job controller gives its pods: the template's labels plus the job-name ones
+            "labels": {**job["spec"]["template"]["metadata"]["labels"], "batch.kubernetes.io/job-name": name, "job-name": name},
             "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": job["metadata"]["uid"], "controller": True}],
         },
         "spec": {"containers": [{"name": container, "image": "x"}]},

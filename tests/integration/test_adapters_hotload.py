@@ -84,7 +84,8 @@ def test_adapter_changes_hot_load_without_restart(k8s, namespace, cache, tmp_pat
             pid = server.proc.pid
             pod = k8s.create({"apiVersion": "v1", "kind": "Pod",
                               "metadata": {"name": f"hot-{uuid.uuid4().hex[:5]}", "namespace": namespace,
-                                           "labels": {"app.kubernetes.io/instance": "hot", "app.kubernetes.io/component": "server"}},
+                                           "labels": {"app.kubernetes.io/name": "modelyard", "app.kubernetes.io/instance": "hot",
+                                                      "app.kubernetes.io/component": "server"}},
                               "spec": {"containers": [{"name": "server", "image": "x"}]}})
             k8s.patch_status("Pod", namespace, pod["metadata"]["name"],
                              {"phase": "Running", "podIP": "127.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]})

@@ -19,7 +19,7 @@ def phase(k8s, ns, name):
     return ((k8s.get("Model", ns, name) or {}).get("status") or {}).get("phase")
 
 
-def wait_phase(k8s, ns, name, want, timeout=15):
+def wait_phase(k8s, ns, name, want, timeout=30):
     k8s.wait_for(lambda: phase(k8s, ns, name) == want, timeout, message=f"phase {want} (now {phase(k8s, ns, name)})")
 
 

@@ -97,13 +97,13 @@ def test_kubectl_rejects_an_invalid_model_naming_the_field(cluster):
 def test_operator_restart_mid_flight_duplicates_nothing(k8s, namespace):
     with run_operator(k8s.kubeconfig):
         k8s.create(model("resume", namespace))
-        job = k8s.wait_for(lambda: k8s.get("Job", namespace, "resume-download"))
+        job = k8s.wait_for(lambda: k8s.get("Job", namespace, "resume-download"), timeout=30)
     # the operator is down while the download finishes
     finish_job(k8s, job, "download", {"resolvedRevision": "r1", "plan": PLAN})
     with run_operator(k8s.kubeconfig):
-        k8s.wait_for(lambda: k8s.get("Deployment", namespace, "resume"), message="Deployment after restart")
+        k8s.wait_for(lambda: k8s.get("Deployment", namespace, "resume"), timeout=30, message="Deployment after restart")
         roll_out(k8s, namespace, "resume")
-        k8s.wait_for(lambda: (k8s.get("Model", namespace, "resume")["status"] or {}).get("phase") == "Ready")
+        k8s.wait_for(lambda: (k8s.get("Model", namespace, "resume")["status"] or {}).get("phase") == "Ready", timeout=30)
     with run_operator(k8s.kubeconfig):  # and once more, with everything done
         time.sleep(1.5)  # give a restarted operator the chance to (wrongly) act; nothing should change
     assert [j["metadata"]["uid"] for j in k8s.list("Job", namespace)] == [job["metadata"]["uid"]]

@@ -1,0 +1,58 @@
+"""An informer-style cache of the Model and its children, fed by kopf's watch events.
+
+Reconcile reads from here instead of GETting every child on every pass (controller-runtime does
+the same). A write's response goes into the cache at once, so the next pass sees it even before
+its watch event arrives; an event that is older than what we hold (lower resourceVersion) is
+ignored. Staleness is safe: reconcile is level-based and "already exists" / "already gone" are
+success.
+"""
+from __future__ import annotations
+
+import threading
+
+
+def _rv(obj: dict | None) -> int:
+    try:
+        return int(((obj or {}).get("metadata") or {}).get("resourceVersion") or 0)
+    except ValueError:  # opaque on a real server: only compare when numeric
+        return 0
+
+
+class Cache:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._objects: dict[tuple[str, str, str], dict] = {}
+        self._deleted: dict[tuple[str, str, str], int] = {}
+
+    def _key(self, kind: str, obj: dict) -> tuple[str, str, str]:
+        meta = obj.get("metadata") or {}
+        return kind, meta.get("namespace") or "", meta["name"]
+
+    def put(self, kind: str, obj: dict | None) -> None:
+        if not obj or not (obj.get("metadata") or {}).get("name"):
+            return
+        key = self._key(kind, obj)
+        with self._lock:
+            held = self._objects.get(key)
+            if held is not None and _rv(obj) and _rv(obj) < _rv(held):
+                return  # an older event than the write we already recorded
+            if _rv(obj) and _rv(obj) <= self._deleted.get(key, 0):
+                return
+            self._objects[key] = obj
+            self._deleted.pop(key, None)
+
+    def forget(self, kind: str, obj: dict) -> None:
+        key = self._key(kind, obj)
+        with self._lock:
+            self._objects.pop(key, None)
+            self._deleted[key] = max(_rv(obj), self._deleted.get(key, 0))
+
+    def get(self, kind: str, namespace: str, name: str) -> dict | None:
+        with self._lock:
+            return self._objects.get((kind, namespace or "", name))
+
+    def list(self, kind: str, namespace: str, labels: dict[str, str] | None = None) -> list[dict]:
+        labels = labels or {}
+        with self._lock:
+            items = [o for (k, ns, _), o in self._objects.items() if k == kind and ns == namespace]
+        return [o for o in items if all(((o.get("metadata") or {}).get("labels") or {}).get(k) == v for k, v in labels.items())]
