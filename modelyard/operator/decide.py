@@ -70,7 +70,7 @@ def _download(model: Model, obs: ob.Observed, settings: Settings, sb: StatusBuil
     """Returns (phase or None when done, the download's result)."""
     desired = build_download_job(model, settings, gpu_memory)
     if not _ensure(d, desired, obs.download_job):
-        sb.condition("Downloaded", False, "Downloading", f"Download Job {desired['metadata']['name']} started for {model.spec.source.uri}")
+        sb.condition("Downloaded", False, "Downloading", f"downloading {model.spec.source.uri}")
         sb.set("progress", None)
         return "Downloading", None
     state = ob.job_state(obs.download_job)
@@ -220,7 +220,7 @@ def decide(model: Model, previous_status: dict | None, obs: ob.Observed, setting
     d.status = sb.build(phase)
     for cond in sb.transitions():
         bad = (cond["type"] == "Degraded" and cond["status"] == "True") or cond["reason"] in FAILURE_REASONS
-        if cond["type"] in ("Degraded", "Ready") and not bad and cond["status"] != "True" or cond["type"] == "Degraded" and not bad:
+        if not bad and (cond["type"] == "Degraded" or (cond["type"] == "Ready" and cond["status"] != "True")):
             continue  # "not ready yet" is what the other conditions' Events already say
         d.events.append({"type": "Warning" if bad else "Normal", "reason": cond["reason"], "message": f"{cond['type']}: {cond['message']}"})
     if phase in ("Downloading", "Converting", "Deploying"):
