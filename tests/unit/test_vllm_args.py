@@ -178,3 +178,24 @@ def test_float32_checkpoint_on_cpu_stays_float32(tmp_path):
     (d / "config.json").write_text(json.dumps({"model_type": "llama", "dtype": "float32"}))
     assert build(d)[build(d).index("--dtype") + 1] == "float32"
     assert build(d, gpus=1)[build(d, gpus=1).index("--dtype") + 1] == "auto"
+
+
+def test_hot_loading_rank_follows_the_command_line():
+    from modelyard.runtime.engines.vllm import _max_rank
+
+    assert _max_rank(["--enable-lora", "--max-lora-rank", "16", "--max-lora-rank=64"]) == 64
+    assert _max_rank(["--enable-lora"]) == 16  # vLLM's default
+    assert _max_rank(["--dtype", "auto"]) is None  # LoRA off: hot-loading is refused with a reason
+
+
+@pytest.mark.parametrize("specs,message", [
+    (["sql"], "expected NAME=DIR"),
+    (["sql=/a", "sql=/b"], "'sql' is given twice"),
+])
+def test_adapter_flags_are_checked(specs, message):
+    from modelyard.runtime.adapters import AdapterError
+    from modelyard.runtime.engines.vllm import parse_adapters
+
+    with pytest.raises(AdapterError, match=message):
+        parse_adapters(specs)
+    assert parse_adapters(["sql=/m/sql", "chat = /m/chat"]) == {"sql": "/m/sql", "chat": "/m/chat"}

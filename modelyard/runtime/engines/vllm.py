@@ -30,6 +30,7 @@ from modelyard.runtime.errors import RuntimeStepError
 DRAIN_SECONDS = 60      # in-flight requests get this long after SIGTERM
 STOP_SECONDS = 30       # then vLLM gets this long to exit before SIGKILL
 TERMINATION_LOG = "/dev/termination-log"
+VLLM_DEFAULT_LORA_RANK = 16  # LoRAConfig.max_lora_rank when --enable-lora comes without a rank
 
 
 def parse_adapters(specs: list[str]) -> dict[str, str]:
@@ -98,7 +99,9 @@ def _max_rank(vllm_args: list[str]) -> int | None:
     """The --max-lora-rank vLLM will run with (the last one given wins, as in argparse)."""
     ranks = [vllm_args[i + 1] for i, a in enumerate(vllm_args[:-1]) if a == "--max-lora-rank"]
     ranks += [a.split("=", 1)[1] for a in vllm_args if a.startswith("--max-lora-rank=")]
-    return int(ranks[-1]) if ranks else None
+    if ranks:
+        return int(ranks[-1])
+    return VLLM_DEFAULT_LORA_RANK if "--enable-lora" in vllm_args else None
 
 
 MIDDLEWARE = "modelyard.runtime.engines.vllm_middleware.ModelyardMiddleware"
@@ -120,7 +123,7 @@ def serve(args) -> int:
     env[ENV] = json.dumps({"served_model_name": args.served_model_name, "model_dir": str(args.model),
                            "max_lora_rank": _max_rank(vllm_args), "adapters": sorted(adapters),
                            "planned_gpu_bytes": getattr(args, "planned_gpu_bytes", None), "started": time.time()})
-    # drain in-flight requests on SIGTERM (vLLM stops taking new ones), then our middleware
+    # --shutdown-timeout: on SIGTERM vLLM drains the requests in flight for up to that long
     proc = start_engine(["--shutdown-timeout", str(DRAIN_SECONDS), *vllm_args, "--middleware", MIDDLEWARE], env)
     return _supervise(proc, args)
 
@@ -148,7 +151,7 @@ def _supervise(proc: subprocess.Popen, args) -> int:
     if stopping:
         return 0
     print(f"modelyard serve: vLLM exited with code {proc.returncode} (its log is above)", file=sys.stderr, flush=True)
-    return proc.returncode or 1
+    return proc.returncode if proc.returncode and proc.returncode > 0 else 1
 
 
 def _signal(proc: subprocess.Popen, sig: int) -> None:
