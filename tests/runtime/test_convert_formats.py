@@ -117,7 +117,11 @@ def test_gguf_f32_exact_and_q8_0_close(tiny, weights, tmp_path):
         cfg = json.loads((out / "config.json").read_text())
         assert cfg["model_type"] == "llama" and "quantization_config" not in cfg
         text = "Hello world! The operator downloads weights."
-        assert AutoTokenizer.from_pretrained(str(out))(text)["input_ids"] == AutoTokenizer.from_pretrained(str(tiny))(text)["input_ids"]
+        got, want = AutoTokenizer.from_pretrained(str(out)), AutoTokenizer.from_pretrained(str(tiny))
+        assert got(text)["input_ids"] == want(text)["input_ids"]
+        assert (got.bos_token, got.eos_token, got.pad_token) == (want.bos_token, want.eos_token, want.pad_token)
+        chat = [{"role": "user", "content": "hi"}]
+        assert got.apply_chat_template(chat, tokenize=False) == want.apply_chat_template(chat, tokenize=False)
 
 
 def test_cast_writes_requested_dtype_in_headers_and_config(tiny, tmp_path):

@@ -44,9 +44,31 @@ def load_gguf_tokenizer(path: Path):
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     except Exception:
         return None
+    _fix_special_tokens(tok, path)
+    return tok
+
+
+def _fix_special_tokens(tok, path: Path) -> None:
+    """Set bos/eos/pad and the chat template from the GGUF metadata itself (transformers' llama GGUF
+    converter swaps bos and eos, and drops pad and ``tokenizer.chat_template``)."""
+    from gguf import GGUFReader
+
+    fields = GGUFReader(str(path)).fields
+
+    def scalar(key):
+        f = fields.get(key)
+        return None if f is None or not f.data else f.contents()
+
+    for attr, key in (("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"), ("pad_token", "padding_token_id")):
+        idx = scalar(f"tokenizer.ggml.{key}")
+        if isinstance(idx, int) and 0 <= idx < len(tok):
+            setattr(tok, attr, tok.convert_ids_to_tokens(idx))
+    template = scalar("tokenizer.chat_template")
+    if isinstance(template, str) and template:
+        tok.chat_template = template
 
 
 def _check_header(path: Path) -> None:

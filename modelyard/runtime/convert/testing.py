@@ -11,7 +11,8 @@ import re
 import shutil
 from pathlib import Path
 
-COPY = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+COPY = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+        "chat_template.jinja")
 _GGUF_NAMES = {
     "model.embed_tokens.weight": "token_embd.weight",
     "model.norm.weight": "output_norm.weight",
@@ -129,3 +130,13 @@ def _add_tokenizer(w, src: Path, cfg: dict) -> None:
     for key, add in (("bos_token_id", w.add_bos_token_id), ("eos_token_id", w.add_eos_token_id), ("pad_token_id", w.add_pad_token_id)):
         if isinstance(cfg.get(key), int):
             add(cfg[key])
+    template = _chat_template(src)
+    if template:
+        w.add_chat_template(template)
+
+
+def _chat_template(src: Path) -> str | None:
+    if (src / "chat_template.jinja").is_file():
+        return (src / "chat_template.jinja").read_text()
+    cfg = src / "tokenizer_config.json"
+    return json.loads(cfg.read_text()).get("chat_template") if cfg.is_file() else None
