@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelyard.runtime.convert import provenance, publish
-from modelyard.runtime.convert.cast import needs_cast, target_dtype
+from modelyard.runtime.convert.cast import target_dtype
 from modelyard.runtime.convert.detect import Detected, detect
 from modelyard.runtime.convert.expected import expected_for
 from modelyard.runtime.convert.quantize import QUANT_PRECISIONS, recipe_for
@@ -181,4 +181,4 @@ def _describe(recipe: dict) -> str:
     return ", ".join(parts)
 
 
-__all__ = ["Request", "convert", "needs_cast"]
+__all__ = ["Request", "convert"]
