@@ -27,7 +27,8 @@ def register(sub) -> None:
     p.add_argument("--scheme", choices=("W8A8", "W4A16", "FP8_DYNAMIC"), help="quantization scheme (default from --precision)")
     p.add_argument("--calibration-dataset", dest="calibration", metavar="NAME_OR_PATH",
                    help="calibrate with GPTQ on this .jsonl/.txt file or dataset (otherwise calibration-free)")
-    p.add_argument("--termination-log", type=Path, help="write the result or error as one JSON object here")
+    p.add_argument("--termination-log", type=Path,
+                   help="write the result or error as one JSON object here (default /dev/termination-log when writable)")
     p.add_argument("--engine", default="vllm", choices=("vllm", "accelerate"), help="the engine that will serve the output")
     p.set_defaults(func=run)
 
@@ -54,16 +55,16 @@ def run(args) -> int:
 
 
 def _terminate(path: Path | None, message: dict) -> None:
+    """One JSON object of at most 4096 bytes, as for downloads (same default path and trimming)."""
+    from modelyard.commands.download import fit, termination_log_path
+
+    path = termination_log_path(str(path) if path else None)
     if path is None:
         return
-    text = json.dumps(message)
-    if len(text.encode()) > TERMINATION_LIMIT:
-        if "error" in message:
-            err = message["error"]
-            text = json.dumps({"error": {"reason": err["reason"], "message": err["message"][:TERMINATION_LIMIT - 200] + "..."}})
-        else:
-            slim = {k: message[k] for k in ("output", "files", "bytes") if k in message}
-            slim["recipe"] = {k: v for k, v in message.get("recipe", {}).items() if k != "adapters"}
-            text = json.dumps(slim)[:TERMINATION_LIMIT]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    if "recipe" in message and len(json.dumps(message).encode()) > TERMINATION_LIMIT:
+        message = {**message, "recipe": {k: v for k, v in message["recipe"].items() if k != "adapters"}}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(fit(message, TERMINATION_LIMIT))
+    except OSError as exc:
+        print(f"modelyard convert: cannot write the termination log {path}: {exc}", file=sys.stderr)
