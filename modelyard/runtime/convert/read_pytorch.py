@@ -82,7 +82,7 @@ class PytorchSource(TensorSource):
         for path in self.files:
             state = load_state_dict(path)
             self._mapped = not _is_legacy(path)  # legacy (non-zip) files load into the heap: never madvise those
-            self._file = (path, _mapping_start(path)) if self._mapped else None
+            self._file = (path, _mappings(path)) if self._mapped else None
             try:
                 yield from state.items()
             finally:
@@ -94,34 +94,36 @@ class PytorchSource(TensorSource):
             release_pages(piece)
 
     def file_range(self, tensor: torch.Tensor) -> tuple[Path, int] | None:
-        """Where a contiguous mmap-loaded tensor's bytes sit in its file (for an in-kernel copy)."""
-        if getattr(self, "_file", None) is None or self._file[1] is None or not tensor.is_contiguous():
+        """Where a contiguous mmap-loaded tensor's bytes sit in its file (for an in-kernel copy):
+        the mapping of that file holding the tensor's address, from /proc/self/maps."""
+        if getattr(self, "_file", None) is None or not tensor.is_contiguous() or tensor.numel() == 0:
             return None
-        path, start = self._file
-        offset = tensor.data_ptr() - start
-        nbytes = tensor.numel() * tensor.element_size()
-        if offset < 0 or offset + nbytes > path.stat().st_size:
+        path, mappings = self._file
+        ptr, nbytes = tensor.data_ptr(), tensor.numel() * tensor.element_size()
+        offset = next((ptr - start + file_offset for start, end, file_offset in mappings if start <= ptr and ptr + nbytes <= end), None)
+        if offset is None or offset + nbytes > path.stat().st_size:
             return None
         probe = min(nbytes, 64)
-        with open(path, "rb") as fh:  # the mapping is the file: check before trusting it
+        with open(path, "rb") as fh:  # belt and braces: the bytes there are the tensor's
             fh.seek(offset)
             if fh.read(probe) != tensor.reshape(-1).view(torch.uint8)[:probe].numpy().tobytes():
                 return None
         return path, offset
 
 
-def _mapping_start(path: Path) -> int | None:
-    """Address at which torch.load(mmap=True) mapped ``path`` (offset 0), from /proc/self/maps."""
-    real = os.path.realpath(path)
+def _mappings(path: Path) -> list[tuple[int, int, int]]:
+    """``(start, end, file offset)`` of every mapping of ``path`` in this process."""
+    real, out = os.path.realpath(path), []
     try:
         with open("/proc/self/maps") as maps:
             for line in maps:
                 fields = line.split(maxsplit=5)
-                if len(fields) == 6 and fields[5].rstrip("\n") == real and int(fields[2], 16) == 0:
-                    start = int(fields[0].split("-")[0], 16)
-        return start
-    except (OSError, UnboundLocalError, ValueError):
-        return None
+                if len(fields) == 6 and fields[5].rstrip("\n") == real:
+                    start, end = (int(x, 16) for x in fields[0].split("-"))
+                    out.append((start, end, int(fields[2], 16)))
+    except (OSError, ValueError):
+        return []
+    return out
 
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
