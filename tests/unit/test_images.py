@@ -41,6 +41,11 @@ ENTRY = {
     "serve-accelerate": ("serve", ["modelyard.commands.serve", engines.ENGINES["accelerate"]]),
     "serve-vllm": ("serve", ["modelyard.commands.serve", engines.ENGINES["vllm"]]),
 }
+# Modules whose constants are imported but whose functions (and their lazy imports) no image's
+# command calls: only their top-level imports count. Keep this list short and justified.
+DATA_ONLY = {
+    "modelyard.runtime.tiny": "download imports TINY_LLAMA (a dict) to probe the planner; make_tiny_llama (torch) is for tests",
+}
 BUILD_TOOLS = ("gcc", "g++", "build-essential", "make", "cmake", "clang", "cargo", "rustc", "git")
 
 
@@ -121,7 +126,7 @@ def third_party_imports(starts: list[str], top_level_only: bool = False) -> set[
         parts = module.split(".")
         todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # parent packages run too
         path = _module_file(module)
-        for name in _imports(path, module, top_level_only) if path else ():
+        for name in _imports(path, module, top_level_only or module in DATA_ONLY) if path else ():
             top = name.split(".")[0]
             if top == "modelyard":
                 todo.append(name)
