@@ -68,10 +68,13 @@ class PytorchSource(TensorSource):
         super().__init__()
         self.files = files
         self.entries = []
+        self._states: dict[Path, dict] = {}  # memory-mapped shards stay open (address space only, no RSS)
         for path in files:
             state = load_state_dict(path)
             self.entries += [Entry(k, tuple(v.shape), v.dtype, path) for k, v in state.items()]
-            del state
+            if not _is_legacy(path):
+                self._states[path] = state
+            del state  # a legacy file is in the heap: read it again when its turn comes
         seen: dict[str, Path] = {}
         for e in self.entries:
             if e.name in seen:
@@ -80,7 +83,7 @@ class PytorchSource(TensorSource):
 
     def _iter(self):
         for path in self.files:
-            state = load_state_dict(path)
+            state = self._states.pop(path, None) or load_state_dict(path)
             self._mapped = not _is_legacy(path)  # legacy (non-zip) files load into the heap: never madvise those
             self._file = (path, _mappings(path)) if self._mapped else None
             try:
