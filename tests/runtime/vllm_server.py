@@ -50,7 +50,7 @@ class VllmServer:
                 if code == 200:
                     return self
             except httpx.TransportError:
-                self.health.append(0)  # refused: vLLM listens only once the model is loaded
+                self.health.append(0)  # refused: vLLM is still importing
             time.sleep(0.25)
         raise AssertionError(f"modelyard serve --engine vllm not healthy after {timeout:.0f}s:\n{self.tail()}")
 

@@ -5,8 +5,7 @@ vLLM's own OpenAI server runs as a child process on the public port with the com
 hook), which records the same ``modelyard_*`` metrics as the accelerate engine, serves them with
 vLLM's ``vllm:*`` series at ``/metrics`` and checks adapters on ``/v1/load_lora_adapter``. In
 process, not a reverse proxy: the extra hop cost +71% p50 latency on a busy 2-core machine.
-While vLLM loads, the port refuses connections (vLLM binds it but listens only when ready), so
-``/health`` is not 200 until the model is loaded.
+vLLM starts through ``vllm_launch.py``, which answers 503 on the port while the model loads.
 
 Adapters are checked against the base before vLLM starts: a mismatch is exit code 2 with the
 reason (no crash loop of a slow engine start). SIGTERM is passed to vLLM, which drains requests in
@@ -83,7 +82,7 @@ def _die_with_parent() -> None:
 
 
 def start_engine(vllm_args: list[str], env: dict[str, str]) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *vllm_args]
+    cmd = [sys.executable, "-m", "modelyard.runtime.engines.vllm_launch", *vllm_args]
     print(f"modelyard serve: starting vLLM: {' '.join(cmd)}", file=sys.stderr, flush=True)
     return subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=_die_with_parent)
 

@@ -22,6 +22,7 @@ import time
 from modelyard.runtime.metrics import CONTENT_TYPE, ServingMetrics
 
 ENV = "MODELYARD_VLLM"
+ON_READY: list = []  # called once when vLLM's HTTP server starts (vllm_launch stops its 503 placeholder)
 _ENDPOINTS = {"/v1/completions": "completions", "/v1/chat/completions": "chat_completions"}
 
 
@@ -168,6 +169,8 @@ class ModelyardMiddleware:
             self.metrics.adapter_added(name)
         if cfg.get("started"):  # the stack is built at server start, right after the engine is ready
             self.metrics.model_load_seconds.set(max(0.0, time.time() - float(cfg["started"])))
+        while ON_READY:
+            ON_READY.pop()()
 
     def label(self, model) -> str:
         return model if model == self.name or model in self.adapters else "unknown"

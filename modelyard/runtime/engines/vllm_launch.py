@@ -1,0 +1,81 @@
+"""vLLM's OpenAI api_server entry point, plus an answer while the model loads:
+``python -m modelyard.runtime.engines.vllm_launch <vllm api_server args>``.
+
+vLLM binds its port before loading the engine but only listens once the model is loaded, so
+until then clients (and Kubernetes probes) get "connection refused". Here the bound socket
+listens at once and a tiny placeholder answers every request with 503 ``model_loading`` in
+OpenAI's error shape; when vLLM's HTTP server starts, the middleware calls ``ready()`` through
+``vllm_middleware.ON_READY`` and the placeholder stops. If vLLM's internals this relies on move,
+the launcher falls back to vLLM's own entry point (refused while loading, nothing else lost).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+
+LOADING = json.dumps({"error": {"message": "The model is still loading; retry when GET /health answers 200.",
+                                "type": "service_unavailable", "param": None, "code": "model_loading"}}).encode()
+RESPONSE = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n" % len(LOADING)) + LOADING
+_placeholder: dict = {}
+
+
+async def _answer_loading(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        writer.write(RESPONSE)
+        await writer.drain()
+    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError, OSError):
+        pass
+    finally:
+        writer.close()
+
+
+def ready() -> None:
+    """vLLM's HTTP server is starting on the socket: stop answering 503 beside it."""
+    server = _placeholder.pop("server", None)
+    if server is not None:
+        server.close()  # closes our duplicate of the socket; vLLM keeps the original
+
+
+async def _run(args) -> None:
+    from vllm.entrypoints.launchers.api_server.entry import run_server_worker
+    from vllm.entrypoints.launchers.launcher import setup_server
+    from vllm.utils.system_utils import decorate_logs
+
+    from modelyard.runtime.engines import vllm_middleware
+
+    def interrupt_init(*_) -> None:  # as vLLM does: SIGTERM before uvicorn runs stops the start
+        raise KeyboardInterrupt("terminated")
+
+    decorate_logs("APIServer", skip_if_decorated=True)
+    signal.signal(signal.SIGTERM, interrupt_init)
+    listen_address, sock = setup_server(args, reuse_port=False)
+    _placeholder["server"] = await asyncio.start_server(_answer_loading, sock=sock.dup(), backlog=1024)
+    vllm_middleware.ON_READY.append(ready)
+    await run_server_worker(listen_address, sock, args)
+
+
+def main() -> None:
+    try:
+        import uvloop
+        from vllm.entrypoints.launchers.api_server.entry import configure_logging_from_args
+        from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
+        from vllm.entrypoints.serve.utils.api_utils import cli_env_setup
+        from vllm.utils.argparse_utils import FlexibleArgumentParser
+    except ImportError:  # another vLLM layout: its own entry point, without the placeholder
+        import runpy
+
+        runpy.run_module("vllm.entrypoints.openai.api_server", run_name="__main__")
+        return
+    cli_env_setup()
+    parser = make_arg_parser(FlexibleArgumentParser(description="vLLM OpenAI-compatible server (modelyard)"))
+    args = parser.parse_args()
+    configure_logging_from_args(args)
+    validate_parsed_serve_args(args)
+    uvloop.run(_run(args))
+
+
+if __name__ == "__main__":
+    main()
