@@ -71,11 +71,11 @@ def wait_until(check, timeout: float, what: str, proc: subprocess.Popen | None =
     raise RuntimeError(f"{what} did not start within {timeout:.0f}s\n{tail}")
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def _stop(proc: subprocess.Popen, grace: float = 10) -> None:
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(timeout=10)
+            proc.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
@@ -194,7 +194,7 @@ def start_seaweedfs(workdir: Path):
         wait_until(lambda: server.client().list_buckets() is not None, 60, "SeaweedFS S3", proc, log)
         yield server
     finally:
-        _stop(proc)
+        _stop(proc, grace=4)  # weed waits for idle keep-alive clients; its data is thrown away anyway
         shutil.rmtree(data, ignore_errors=True)
 
 
