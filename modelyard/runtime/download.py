@@ -319,7 +319,7 @@ def _names(files: list[RemoteFile], limit: int = 8) -> str:
 
 def log(stream, message: str) -> None:
     if getattr(stream, "isatty", lambda: False)():
-        stream.write(message + "\n")
+        stream.write("\r\033[K" + message + "\n")  # over a half-drawn progress bar
     else:
         stream.write(json.dumps({"event": "log", "step": "download", "message": message}) + "\n")
     stream.flush()
