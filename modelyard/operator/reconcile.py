@@ -11,7 +11,7 @@ from modelyard.operator import metrics
 from modelyard.operator.decide import Action, Decision, decide
 from modelyard.operator.cache import Cache
 from modelyard.operator.kube import Kube
-from modelyard.operator.observe import Observed, job_state, owned_pods
+from modelyard.operator.observe import Observed, job_state, owned_pods, termination_message
 from modelyard.operator.resources import Settings
 from modelyard.operator import probe
 from modelyard.operator.resources import served_adapters
@@ -96,9 +96,16 @@ class Reconciler:
     def _pods_and_log(self, ns: str, job: dict | None, container: str):
         if not job:
             return [], None
-        pods = owned_pods(job, self._list("Pod", ns, {JOB_LABEL: job["metadata"]["name"]}))
+        labels = {JOB_LABEL: job["metadata"]["name"]}
+        pods = owned_pods(job, self._list("Pod", ns, labels))
+        state = job_state(job)
+        if self.cache and state in ("succeeded", "failed") and termination_message(pods, container) is None:
+            # The Job's watch can run ahead of the pods' watch: read the pods themselves once.
+            pods = owned_pods(job, self.kube.list("Pod", ns, labels))
+            for pod in pods:
+                self.cache.put("Pod", pod)
         log_text = None
-        if job_state(job) == "running":
+        if state == "running":
             running = [p for p in pods if (p.get("status") or {}).get("phase") == "Running"]
             if running:
                 log_text = self.kube.pod_log(ns, running[0]["metadata"]["name"], container)
