@@ -149,22 +149,44 @@ def _walk_models(k8s: K8s) -> None:
     k8s.create(model("dl", NS))
     k8s.create(model(MODEL, NS, format="pytorch"))
     k8s.create(model("locked", NS, source={"uri": "hf://org/private", "secretRef": {"name": "hf-token"}}))
-    dl = k8s.wait_for(lambda: k8s.get("Job", NS, "dl-download"), 20, message="dl-download Job")
-    pod_for(k8s, dl, "download", phase="Running",
-            log='{"event":"progress","step":"download","bytesDone":300,"bytesTotal":1200}\n')
     locked = k8s.wait_for(lambda: k8s.get("Job", NS, "locked-download"), 20, message="locked-download Job")
     finish_job(k8s, locked, "download", {"error": {"reason": "Unauthorized", "message": "401"}}, ok=False)
-    job = k8s.wait_for(lambda: k8s.get("Job", NS, f"{MODEL}-download"), 20, message="download Job")
     wait_phase(MODEL, "Downloading")
-    finish_job(k8s, job, "download", {"resolvedRevision": "r1", "plan": PLAN})
-    conv = k8s.wait_for(lambda: k8s.get("Job", NS, f"{MODEL}-convert"), 20, message="convert Job")
+    # Play the Job controller: complete whichever Job of that name exists now (the operator may
+    # replace a Job it just created) until the next step appears.
+    complete_until(k8s, f"{MODEL}-download", "download", lambda job: {"resolvedRevision": "r1", "plan": PLAN},
+                   lambda: k8s.get("Job", NS, f"{MODEL}-convert"))
     wait_phase(MODEL, "Converting")
-    finish_job(k8s, conv, "convert", {"output": conv["spec"]["template"]["spec"]["containers"][0]["args"][4]})
-    k8s.wait_for(lambda: k8s.get("Deployment", NS, MODEL), 20, message="Deployment")
+    complete_until(k8s, f"{MODEL}-convert", "convert",
+                   lambda job: {"output": job["spec"]["template"]["spec"]["containers"][0]["args"][4]},
+                   lambda: k8s.get("Deployment", NS, MODEL))
     wait_phase(MODEL, "Deploying")
     roll_out(k8s, NS, MODEL)
     wait_phase(MODEL, "Ready")
     wait_phase("locked", "Failed")
+    # A running download pod printing progress; the operator reads it on its next pass over `dl`.
+    running: set[str] = set()
+
+    def progress():
+        job = k8s.get("Job", NS, "dl-download")
+        if job and job["metadata"]["uid"] not in running:
+            running.add(job["metadata"]["uid"])
+            pod_for(k8s, job, "download", phase="Running",
+                    log='{"event":"progress","step":"download","bytesDone":300,"bytesTotal":1200}\n')
+        return ((k8s.get("Model", NS, "dl")["status"].get("progress") or {}).get("bytesDone")) == 300
+    k8s.wait_for(progress, 60, message="download progress of dl in its status")
+
+
+def complete_until(k8s: K8s, name: str, container: str, message, done) -> None:
+    finished: set[str] = set()
+
+    def step():
+        job = k8s.get("Job", NS, name)
+        if job and job["metadata"]["uid"] not in finished:
+            finished.add(job["metadata"]["uid"])
+            finish_job(k8s, job, container, message(job))
+        return done()
+    k8s.wait_for(step, 30, message=f"the step after Job {name}")
 
 
 @pytest.fixture(scope="module")
@@ -183,6 +205,8 @@ def traffic(prometheus, serving, operator):
                         30, "all six requests")
     prometheus.wait_for(lambda: prometheus.query('modelyard_operator_step_seconds{step="load"}'), 30,
                         "the operator's step timings")
+    prometheus.wait_for(lambda: prometheus.query('modelyard_operator_download_bytes{model="dl"}'), 30,
+                        "the download progress of dl")
     return {"requests": {MODEL: 4, "sql": 2}}
 
 
