@@ -65,11 +65,22 @@ def run(args) -> int:
     except Exception as exc:  # noqa: BLE001 - still tell Kubernetes why
         _write(term, {"error": {"reason": "DownloadFailed", "message": f"{type(exc).__name__}: {exc}"}, "plan": None})
         raise
-    _write(term, result.termination_message())
+    _write(term, {**result.termination_message(), "format": _detected_format(args.dest)})
     state = "already downloaded" if result.already else "downloaded"
     print(f"{state}: {len(result.files)} files, {result.bytes} bytes, {redact(args.source)} at "
           f"{result.resolved_revision} -> {args.dest}")
     return 0
+
+
+def _detected_format(dest: str) -> str | None:
+    """The weights' format from the files themselves, so the operator knows if a convert step is needed."""
+    from modelyard.runtime.convert.detect import detect
+    from modelyard.runtime.errors import ConvertError
+
+    try:
+        return detect(dest).format
+    except ConvertError:  # no weights (an adapter, a tokenizer-only repo) or a mix: convert decides later
+        return None
 
 
 def _plan_args(args) -> dict:

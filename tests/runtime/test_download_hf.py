@@ -117,6 +117,7 @@ def test_cli_progress_lines_and_termination_log(hub, tmp_path):
     message = json.loads(term.read_text())
     assert message["resolvedRevision"] == hub.v1 and message["bytes"] == total
     assert message["plan"]["fits"] is True and message["files"] == len(list((tmp_path / "out").iterdir())) - 1
+    assert message["format"] == "safetensors"  # tells the operator no convert step is needed
 
 
 def test_cli_plan_does_not_fit_downloads_no_weights(hub, tmp_path):
