@@ -8,6 +8,7 @@ keeps the other sections of docs/benchmarks.md as they were.
 from __future__ import annotations
 
 import datetime as _dt
+import fcntl
 import importlib
 import pkgutil
 import platform
@@ -34,7 +35,7 @@ def main(argv: list[str]) -> int:
     if unknown:
         print(f"unknown benchmark(s): {', '.join(sorted(unknown))}; known: {', '.join(names)}", file=sys.stderr)
         return 2
-    sections = _sections(DOC.read_text()) if DOC.exists() else {}
+    results: dict[str, str] = {}
     failed = []
     for name in wanted:
         print(f"== bench {name}", flush=True)
@@ -45,11 +46,20 @@ def main(argv: list[str]) -> int:
             failed.append(name)
             continue
         stamp = f"\n_Measured {_dt.date.today().isoformat()} on {platform.machine()}, {platform.python_version()}, {_cpu_count()} CPUs._\n"
-        sections[name] = body.rstrip() + "\n" + stamp
+        results[name] = body.rstrip() + "\n" + stamp
         print(body, flush=True)
-    DOC.parent.mkdir(exist_ok=True)
-    DOC.write_text(HEADER + "".join(f"\n<!-- bench:{k} -->\n{v}" for k, v in sorted(sections.items())))
+        _record(name, results[name])
     return 1 if failed else 0
+
+
+def _record(name: str, section: str) -> None:
+    """Replace one section, under a lock: two benchmarks running at once keep both sections."""
+    DOC.parent.mkdir(exist_ok=True)
+    with open(DOC.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        sections = _sections(DOC.read_text()) if DOC.exists() else {}
+        sections[name] = section
+        DOC.write_text(HEADER + "".join(f"\n<!-- bench:{k} -->\n{v}" for k, v in sorted(sections.items())))
 
 
 def _cpu_count() -> int:
