@@ -115,34 +115,37 @@ def _imports(path: Path, module: str, top_level_only: bool) -> set[str]:
     return out
 
 
-def third_party_imports(starts: list[str], top_level_only: bool = False) -> set[str]:
-    """Top-level names of the non-stdlib modules reachable from ``starts`` through our code."""
-    seen, found, todo = set(), set(), list(starts)
+def third_party_imports(starts: list[str], top_level_only: bool = False) -> dict[str, str]:
+    """Top-level names of the non-stdlib modules reachable from ``starts`` through our code, each
+    with the chain of our modules that leads to it (for the failure message)."""
+    seen: set[str] = set()
+    found: dict[str, str] = {}
+    todo = [(m, m) for m in starts]
     while todo:
-        module = todo.pop()
+        module, chain = todo.pop()
         if module in seen:
             continue
         seen.add(module)
         parts = module.split(".")
-        todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # parent packages run too
+        todo += [(".".join(parts[:i]), f"{chain} -> {'.'.join(parts[:i])}") for i in range(1, len(parts))]
         path = _module_file(module)
         for name in _imports(path, module, top_level_only or module in DATA_ONLY) if path else ():
             top = name.split(".")[0]
             if top == "modelyard":
-                todo.append(name)
+                todo.append((name, f"{chain} -> {name}"))
             elif top and top not in sys.stdlib_module_names and top != "__future__":
-                found.add(top)
+                found.setdefault(top, f"{chain} -> {top}")
     return found
 
 
-def needed_distributions(image: str) -> set[str]:
+def needed_distributions(image: str) -> dict[str, str]:
     command, starts = ENTRY[image]
     cli = [f"modelyard.commands.{c}" for c in COMMANDS]  # build_parser imports every command module
-    modules = third_party_imports(starts) | third_party_imports(["modelyard.cli", *cli], top_level_only=True)
+    modules = {**third_party_imports(["modelyard.cli", *cli], top_level_only=True), **third_party_imports(starts)}
     mapping = md.packages_distributions()
     missing = sorted(m for m in modules if m not in mapping)
     assert not missing, f"{image}: modules not installed in .venv, cannot map to distributions: {missing}"
-    return {norm(d) for m in modules for d in mapping[m]}
+    return {norm(d): chain for m, chain in modules.items() for d in mapping[m]}
 
 
 # --- what the image installs -----------------------------------------------------------------
@@ -210,8 +213,10 @@ def test_final_stage_is_pinned_non_root_and_without_build_tools(image):
 
 @pytest.mark.parametrize("image", sorted(ENTRY))
 def test_image_installs_everything_its_command_imports(image):
-    missing = needed_distributions(image) - installed(image)
-    assert not missing, f"images/{image}.Dockerfile lacks {sorted(missing)}"
+    needed = needed_distributions(image)
+    missing = sorted(set(needed) - installed(image))
+    assert not missing, f"images/{image}.Dockerfile lacks {missing}; imported via:\n" + \
+        "\n".join(needed[m] for m in missing)
 
 
 def test_operator_image_carries_no_torch():
