@@ -74,7 +74,7 @@ def run(args) -> int:
 
 def _detected_format(dest: str) -> str | None:
     """The weights' format from the files themselves, so the operator knows if a convert step is needed."""
-    from modelyard.runtime.convert.detect import detect
+    from modelyard.runtime.formats import detect
     from modelyard.runtime.errors import ConvertError
 
     try:

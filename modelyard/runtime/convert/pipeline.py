@@ -14,7 +14,7 @@ from pathlib import Path
 
 from modelyard.runtime.convert import provenance, publish
 from modelyard.runtime.convert.cast import target_dtype
-from modelyard.runtime.convert.detect import Detected, detect
+from modelyard.runtime.formats import Detected, detect
 from modelyard.runtime.convert.expected import expected_for
 from modelyard.runtime.convert.quantize import QUANT_PRECISIONS, recipe_for
 from modelyard.runtime.convert.stream import write_weights

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from modelyard.runtime.convert.cast import cast_entry, needs_cast
-from modelyard.runtime.convert.detect import Detected
+from modelyard.runtime.formats import Detected
 from modelyard.runtime.convert.expected import Expected, align, expected_for
 from modelyard.runtime.convert.publish import link_or_copy
 from modelyard.runtime.convert.source import TensorSource

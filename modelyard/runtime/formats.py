@@ -1,4 +1,7 @@
-"""Which weight format an input is, decided from the files themselves (magic bytes, not names alone).
+"""Which weight format a folder or file holds, from the files themselves (magic bytes, not names alone).
+
+Shared by `modelyard convert` and `modelyard download` (which reports it to the operator); it
+imports no torch, so the download image can use it.
 
 ``detect(path, requested)`` returns a :class:`Detected` naming the format and the weight files in
 load order. An explicit ``requested`` format is checked against the files: asking for ``gguf`` on a
