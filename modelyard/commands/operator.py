@@ -11,6 +11,8 @@ def register(sub) -> None:
     p.add_argument("--metrics-port", type=int, default=8080, help="serve Prometheus metrics on this port (0: off)")
     p.add_argument("--liveness", default=None, help="kopf liveness endpoint, e.g. http://0.0.0.0:8081/healthz")
     p.add_argument("--peering", default=None, help="kopf peering name (for several replicas); default: standalone")
+    p.add_argument("--priority", default="0",
+                   help="kopf peering priority: a number, or 'auto' (from $POD_NAME) so replicas run active/standby")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=run)
 
@@ -31,5 +33,25 @@ def run(args) -> int:
         standalone=args.peering is None,
         peering_name=args.peering,
         liveness_endpoint=args.liveness,
+        priority=peering_priority(args.priority),
     ))
     return 0
+
+
+def peering_priority(value: str) -> int:
+    """kopf pauses an operator while a peer of higher priority is alive; equal ones all pause.
+
+    'auto' gives each replica its own priority from its pod name, so exactly one is active and
+    the others take over when it goes.
+    """
+    if value == "auto":
+        import os
+        import socket
+        import zlib
+
+        name = os.environ.get("POD_NAME") or socket.gethostname()
+        return 1 + zlib.crc32(name.encode()) % 1_000_000
+    try:
+        return int(value)
+    except ValueError:
+        raise SystemExit(f"modelyard operator: --priority must be a number or 'auto', not {value!r}") from None

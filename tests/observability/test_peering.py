@@ -1,8 +1,8 @@
 """What `replicaCount: 2` does with the chart's kopf peering (docs/observability.md, "High
 availability"): two `modelyard operator --peering NAME` processes of equal priority see each
 other's keep-alives in the ClusterKopfPeering and both pause, so no Model is handled twice — and
-none is handled at all while both run; when one exits cleanly the other resumes. This is the
-documented limit of the chart's HA, proven against real kopf and the API emulator."""
+none is handled at all while both run; when one exits cleanly the other resumes. The chart
+therefore gives each replica `--priority auto` (from POD_NAME): one active, one standby."""
 from __future__ import annotations
 
 import os
@@ -76,3 +76,51 @@ def test_equal_replicas_both_pause_and_handle_nothing(two_replicas):
     procs[1].wait(timeout=20)
     k8s.wait_for(lambda: k8s.get("Job", "ha", "paused-download"), 30, message="the remaining replica resuming")
     assert "Resuming operations" in logs[0].read_text()
+
+
+def test_auto_priorities_give_one_active_replica_and_a_standby(k8s_server, tmp_path):
+    """The chart's `--priority auto`: replicas differ (by POD_NAME), the highest works, the other takes over."""
+    from modelyard.commands.operator import peering_priority
+
+    emu, kubeconfig = k8s_server
+    k8s = K8s(emu, kubeconfig)
+    k8s.create({"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": "standby"}})
+    k8s.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ab"}})
+    pods = sorted(["modelyard-6d9f-a", "modelyard-6d9f-b"], key=lambda n: peering_priority_for(n, peering_priority))
+    procs, logs = {}, {}
+    for pod in pods:  # pods[1] has the higher priority
+        logs[pod] = tmp_path / f"{pod}.log"
+        cmd = [MODELYARD, "operator", "--metrics-port", str(free_port()), "--peering", "standby", "--priority", "auto"]
+        procs[pod] = subprocess.Popen(cmd, stdout=logs[pod].open("w"), stderr=subprocess.STDOUT,
+                                      env={**os.environ, "KUBECONFIG": str(kubeconfig), "POD_NAME": pod})
+    try:
+        k8s.wait_for(lambda: len((k8s.get("ClusterKopfPeering", None, "standby") or {}).get("status") or {}) == 2, 60,
+                     message="keep-alives of both replicas")
+        prios = sorted(p["priority"] for p in k8s.get("ClusterKopfPeering", None, "standby")["status"].values())
+        assert prios[0] != prios[1]
+        k8s.create(model("active", "ab"))
+        k8s.wait_for(lambda: k8s.get("Job", "ab", "active-download"), 30, message="the active replica reconciling")
+        assert "Pausing operations" in logs[pods[0]].read_text()  # the standby
+        procs[pods[1]].terminate()
+        procs[pods[1]].wait(timeout=20)
+        k8s.create(model("after", "ab"))
+        k8s.wait_for(lambda: k8s.get("Job", "ab", "after-download"), 60, message="the standby taking over")
+    finally:
+        for proc in procs.values():
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def peering_priority_for(pod: str, fn) -> int:
+    old = os.environ.get("POD_NAME")
+    os.environ["POD_NAME"] = pod
+    try:
+        return fn("auto")
+    finally:
+        if old is None:
+            os.environ.pop("POD_NAME")
+        else:
+            os.environ["POD_NAME"] = old
