@@ -129,7 +129,7 @@ def test_operator_deployment_runs_modelyard_operator_safely():
     (c,) = pod["containers"]
     assert c["command"] == ["modelyard", "operator"]
     assert c["args"][:4] == ["--metrics-port", "8080", "--liveness", "http://0.0.0.0:8081/healthz"]
-    assert c["args"][-2:] == ["--peering", f"{RELEASE}-modelyard"]
+    assert c["args"][-4:] == ["--peering", f"{RELEASE}-modelyard", "--priority", "auto"]
     assert "--namespace" not in c["args"]
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"metrics": 8080, "health": 8081}
