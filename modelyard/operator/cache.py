@@ -28,18 +28,20 @@ class Cache:
         meta = obj.get("metadata") or {}
         return kind, meta.get("namespace") or "", meta["name"]
 
-    def put(self, kind: str, obj: dict | None) -> None:
+    def put(self, kind: str, obj: dict | None) -> bool:
+        """Record an object; False when it tells nothing new (e.g. the echo of our own write)."""
         if not obj or not (obj.get("metadata") or {}).get("name"):
-            return
+            return False
         key = self._key(kind, obj)
         with self._lock:
             held = self._objects.get(key)
-            if held is not None and _rv(obj) and _rv(obj) < _rv(held):
-                return  # an older event than the write we already recorded
+            if held is not None and _rv(obj) and _rv(obj) <= _rv(held):
+                return False  # the write we already recorded, or an older event
             if _rv(obj) and _rv(obj) <= self._deleted.get(key, 0):
-                return
+                return False
             self._objects[key] = obj
             self._deleted.pop(key, None)
+            return True
 
     def forget(self, kind: str, obj: dict) -> None:
         key = self._key(kind, obj)

@@ -25,12 +25,13 @@ def reconciler() -> Reconciler:
     return _reconciler
 
 
-def _remember(kind: str, type: str | None, body) -> None:
+def _remember(kind: str, type: str | None, body) -> bool:
+    """Feed the cache; True when the event says something new (not the echo of our own write)."""
     obj = dict(body)
     if type == "DELETED":
         CACHE.forget(kind, obj)
-    else:
-        CACHE.put(kind, obj)
+        return True
+    return CACHE.put(kind, obj)
 
 
 @kopf.on.startup()
@@ -48,8 +49,8 @@ def configure(settings: kopf.OperatorSettings, **_) -> None:
 @kopf.on.event(GROUP, VERSION, PLURAL)
 def model_event(type: str, body, name: str, namespace: str, **_) -> None:
     """Every change of a Model (create, update, resume after restart) → one reconcile pass."""
-    _remember("Model", type, body)
-    reconciler().reconcile(namespace, name)
+    if _remember("Model", type, body):
+        reconciler().reconcile(namespace, name)
 
 
 @kopf.on.startup()
@@ -88,16 +89,14 @@ def _owner(body) -> str | None:
 @kopf.on.event("batch", "v1", "jobs", labels=CHILD_LABELS)
 def job_event(type: str, body, namespace: str, **_) -> None:
     """A Job finished: look at its Model again."""
-    _remember("Job", type, body)
-    if (owner := _owner(body)) and type != "DELETED":
+    if _remember("Job", type, body) and (owner := _owner(body)) and type != "DELETED":
         reconciler().reconcile(namespace, owner)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=CHILD_LABELS)
 def deployment_event(type: str, body, namespace: str, **_) -> None:
     """A Deployment rolled out (or lost pods): look at its Model again."""
-    _remember("Deployment", type, body)
-    if (owner := _owner(body)) and type != "DELETED":
+    if _remember("Deployment", type, body) and (owner := _owner(body)) and type != "DELETED":
         reconciler().reconcile(namespace, owner)
 
 
