@@ -100,7 +100,7 @@ def test_auto_priorities_give_one_active_replica_and_a_standby(k8s_server, tmp_p
         assert prios[0] != prios[1]
         k8s.create(model("active", "ab"))
         k8s.wait_for(lambda: k8s.get("Job", "ab", "active-download"), 30, message="the active replica reconciling")
-        assert "Pausing operations" in logs[pods[0]].read_text()  # the standby
+        k8s.wait_for(lambda: "Pausing operations" in logs[pods[0]].read_text(), 30, message="the standby pausing")
         procs[pods[1]].terminate()
         procs[pods[1]].wait(timeout=20)
         k8s.create(model("after", "ab"))
