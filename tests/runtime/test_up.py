@@ -133,3 +133,35 @@ def test_invalid_model_names_the_field(project):
     (project / "bad.yaml").write_text(MODEL_YAML.format(name="bad", uri="file://./models/tiny").replace("gpus: 0", "gpus: -1"))
     r = subprocess.run([MODELYARD, "up", "-f", str(project / "bad.yaml")], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "spec.gpus" in r.stderr
+
+
+def test_up_converts_a_pytorch_checkpoint_then_serves_it(project, tmp_path):
+    """format: pytorch → the same `modelyard convert` the cluster's convert Job runs, then serve."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    src = project / "models" / "tiny"
+    pt = tmp_path / "tiny-bin"
+    pt.mkdir()
+    for f in src.iterdir():
+        if f.suffix != ".safetensors":
+            shutil.copy(f, pt / f.name)
+    torch.save(load_file(str(src / "model.safetensors")), pt / "pytorch_model.bin")
+    yaml = tmp_path / "bin.yaml"
+    yaml.write_text(MODEL_YAML.format(name="binary", uri=f"file://{pt}").replace("precision: float32", "precision: float32\n  format: pytorch"))
+    up = Up(tmp_path, "bin.yaml", tmp_path / "work")
+    try:
+        up.wait_healthy()
+        converted = list((tmp_path / "work" / "cache" / "converted").iterdir())
+        assert len(converted) == 1 and (converted[0] / "model.safetensors").is_file()
+        assert (converted[0] / "modelyard-provenance.json").is_file()
+        r = httpx.post(f"http://127.0.0.1:{up.port}/v1/completions", timeout=60,
+                       json={"model": "binary", "prompt": "Hello", "max_tokens": 4, "temperature": 0})
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 4
+        rc, children = up.interrupt()
+        assert rc == 0 and _gone(children)
+    finally:
+        if up.proc.poll() is None:
+            up.proc.kill()
