@@ -44,7 +44,7 @@ $(TOOLS)/.done: scripts/install-tools.sh
 tools: $(TOOLS)/.done ## Install pinned helm, promtool and prometheus into .tools/bin
 
 test: venv vllm-env tools ## Run the whole suite: unit, integration, runtime, chart (sets everything up first)
-	$(PY) -m importlinter.cli lint-imports 2>/dev/null || $(VENV)/bin/lint-imports
+	$(VENV)/bin/lint-imports
 	PATH=$(CURDIR)/$(TOOLS):$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest $(PYTEST_ARGS) tests
 
 unit: venv ## Fast tests: api, planner, builders (no servers)
@@ -69,9 +69,10 @@ bench: venv vllm-env tools ## Benchmarks; writes docs/benchmarks.md
 	PATH=$(CURDIR)/$(TOOLS):$$PATH $(PY) -m bench
 
 emulator: venv ## Standalone Kubernetes API emulator on :8765 (kubeconfig in .work/kubeconfig)
+	mkdir -p .work
 	$(PY) -m tests.k8s --port 8765 --kubeconfig .work/kubeconfig
 
-operator: venv ## Run the operator against $$KUBECONFIG
+operator: venv ## Run the operator against the cluster in KUBECONFIG
 	$(VENV)/bin/modelyard operator
 
 clean: ## Remove virtualenvs, tools and work folders
