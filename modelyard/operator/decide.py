@@ -139,6 +139,10 @@ def _convert(model: Model, obs: ob.Observed, settings: Settings, sb: StatusBuild
         return None, base_dir(model)
     output = converted_dir(model, recipe, result.get("resolvedRevision"))
     sb.set("convert", {"recipe": recipe, "output": output})
+    if obs.convert_job is None and output in obs.converted_elsewhere:
+        # Same bytes, same recipe, on the same shared cache: another Model already converted it.
+        sb.condition("Converted", True, "Reused", f"{_describe(recipe)}: reusing {output}, converted for Model {obs.converted_elsewhere[output]}")
+        return None, output
     desired = build_convert_job(model, settings, recipe, output)
     if not _ensure(d, desired, obs.convert_job):
         sb.condition("Converted", False, "Converting", f"Convert Job started: {_describe(recipe)}")

@@ -23,6 +23,8 @@ class Observed:
     adapters_configmap: dict | None = None
     # adapter name -> serving pods that report it loaded (None: not probed)
     adapter_pods: dict[str, int] | None = None
+    # converted folders on this Model's (shared) cache claim that other Models finished: output -> Model
+    converted_elsewhere: dict[str, str] = field(default_factory=dict)
 
 
 def spec_hash(obj: dict | None) -> str | None:

@@ -86,12 +86,27 @@ class Reconciler:
             service=self._get("Service", ns, name),
             adapters_configmap=self._get("ConfigMap", ns, f"{name}-adapters") if served_adapters(model) else None,
         )
+        if model.spec.cache.claim_name:
+            obs.converted_elsewhere = self._converted_on_claim(model)
         if obs.deployment and served_adapters(model):
             pods = self._list("Pod", ns, {INSTANCE_LABEL: name, COMPONENT_LABEL: "server"})
             obs.adapter_pods = probe.adapters_loaded(pods, model.spec.serving.port)
         obs.download_pods, obs.download_log = self._pods_and_log(ns, obs.download_job, "download")
         obs.convert_pods, obs.convert_log = self._pods_and_log(ns, obs.convert_job, "convert")
         return obs
+
+    def _converted_on_claim(self, model) -> dict[str, str]:
+        """Outputs other Models on the same shared claim have converted (their Converted=True)."""
+        out = {}
+        for other in self._list("Model", model.namespace, {}):
+            spec, status = other.get("spec") or {}, other.get("status") or {}
+            if other["metadata"]["name"] == model.name or (spec.get("cache") or {}).get("claimName") != model.spec.cache.claim_name:
+                continue
+            converted = next((c for c in status.get("conditions") or [] if c["type"] == "Converted"), {})
+            output = (status.get("convert") or {}).get("output")
+            if output and converted.get("status") == "True" and converted.get("reason") in ("Converted", "Reused"):
+                out[output] = other["metadata"]["name"]
+        return out
 
     def _pods_and_log(self, ns: str, job: dict | None, container: str):
         if not job:

@@ -140,3 +140,25 @@ def test_delete_cleans_up_through_owner_references(k8s, namespace, operator):
     k8s.delete("Model", namespace, "gone")
     for kind, name in [("Job", "gone-download"), ("Deployment", "gone"), ("Service", "gone"), ("PersistentVolumeClaim", "gone-cache")]:
         k8s.wait_gone(kind, namespace, name)
+
+
+def test_second_model_reuses_the_conversion_on_a_shared_cache(k8s, namespace, operator):
+    shared = {"format": "pytorch", "cache": {"claimName": "models"}}
+    k8s.create(model("first", namespace, **shared))
+    job = k8s.wait_for(lambda: k8s.get("Job", namespace, "first-download"))
+    finish_job(k8s, job, "download", {"resolvedRevision": "r1", "plan": PLAN})
+    conv = k8s.wait_for(lambda: k8s.get("Job", namespace, "first-convert"))
+    finish_job(k8s, conv, "convert", {"output": "x"})
+    wait_phase(k8s, namespace, "first", "Deploying")
+    assert k8s.get("PersistentVolumeClaim", namespace, "first-cache") is None  # the shared claim is used
+
+    k8s.create(model("second", namespace, **shared))
+    job2 = k8s.wait_for(lambda: k8s.get("Job", namespace, "second-download"))
+    finish_job(k8s, job2, "download", {"resolvedRevision": "r1", "plan": PLAN})
+    dep = k8s.wait_for(lambda: k8s.get("Deployment", namespace, "second"), message="second Deployment")
+    assert k8s.get("Job", namespace, "second-convert") is None
+    converted = condition(k8s.get("Model", namespace, "second"), "Converted")
+    assert converted["reason"] == "Reused" and "first" in converted["message"]
+    first_args = k8s.get("Deployment", namespace, "first")["spec"]["template"]["spec"]["containers"][0]["args"]
+    args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--model") + 1] == first_args[first_args.index("--model") + 1]

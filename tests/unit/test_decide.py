@@ -143,3 +143,17 @@ def test_result_survives_pod_garbage_collection():
     first = decide(m, None, Observed(pvc={}, download_job=job, download_pods=pods), S, "24GiB")
     later = decide(m, first.status, Observed(pvc={}, download_job=job, download_pods=[]), S, "24GiB")
     assert cond(later.status, "Degraded")["reason"] == "DiskFull" and later.events == []
+
+
+def test_second_model_on_a_shared_cache_reuses_the_conversion():
+    m = model(format="pytorch", cache={"claimName": "models"})
+    job, pods = done_job(build_download_job(m, S, "24GiB"), {"resolvedRevision": "abc", "plan": PLAN})
+    first = decide(m, None, Observed(download_job=job, download_pods=pods), S, "24GiB")
+    (convert,) = [a for a in first.actions if a.obj["metadata"]["name"] == "tiny-convert"]
+    output = first.status["convert"]["output"]
+    reused = decide(m, None, Observed(download_job=job, download_pods=pods, converted_elsewhere={output: "other"}), S, "24GiB")
+    assert not any(a.obj["kind"] == "Job" for a in reused.actions)
+    assert cond(reused.status, "Converted")["reason"] == "Reused" and "Model other" in cond(reused.status, "Converted")["message"]
+    dep = next(a.obj for a in reused.actions if a.obj["kind"] == "Deployment")
+    args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--model") + 1] == output
