@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import types as _pytypes
 import typing
-from typing import Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from annotated_types import Ge, Le, MaxLen
-from pydantic import BaseModel
+from pydantic import BaseModel, WithJsonSchema
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
@@ -37,9 +37,19 @@ def _constraints(field: FieldInfo, schema: dict, kind: str) -> None:
 
 
 def type_schema(tp: Any) -> dict:
-    """Schema of a Python type (without the field's description and constraints)."""
+    """Schema of a Python type (without the field's description; with Annotated constraints)."""
     tp, _ = _unwrap_optional(tp)
     origin = get_origin(tp)
+    if origin is Annotated:
+        base, *metas = get_args(tp)
+        schema = type_schema(base)
+        for meta in metas:
+            if isinstance(meta, FieldInfo):
+                _constraints(meta, schema, schema.get("type", ""))
+            elif isinstance(meta, WithJsonSchema) and (meta.json_schema or {}).get("x-kubernetes-int-or-string"):
+                # structural int-or-string: anyOf integer|string, the string's pattern kept
+                return {"x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"}, schema]}
+        return schema
     if isinstance(tp, type) and issubclass(tp, BaseModel):
         return model_schema(tp)
     if origin is Literal:

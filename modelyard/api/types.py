@@ -8,9 +8,9 @@ a description (it becomes ``kubectl explain`` text). Cross-field rules are CEL e
 """
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 from pydantic.alias_generators import to_camel
 
 GROUP = "modelyard.io"
@@ -91,7 +91,8 @@ class Adapter(_Base):
         max_length=63,
     )
     uri: str = Field(description="Where the adapter comes from; same schemes as source.uri.", pattern=URI, max_length=2048)
-    revision: str | None = Field(None, description="Branch, tag or commit (hf://).", max_length=255)
+    revision: str | None = Field(None, description="Branch, tag or commit (hf://).", max_length=255,
+                                 pattern=r"^[A-Za-z0-9][A-Za-z0-9._/\-]*$")
     secret_ref: SecretRef | None = Field(None, description="Credentials for the adapter's source.")
     merge: bool = Field(False, description="Merge the adapter into the base weights at convert time instead of serving it separately.")
 
@@ -115,11 +116,20 @@ class Serving(_Base):
     env: list[EnvVar] = Field(default_factory=list, description="Extra environment variables for the serving container.", max_length=64)
 
 
+def _number_to_str(value):
+    return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+
+# A Kubernetes quantity: `cpu: 4` (a number) or `memory: 32Gi` (a string), as in a pod spec.
+Quantity = Annotated[str, BeforeValidator(_number_to_str), Field(pattern=QUANTITY, max_length=64),
+                     WithJsonSchema({"x-kubernetes-int-or-string": True})]
+
+
 class Resources(_Base):
     """CPU/memory requests and limits for the serving container (GPUs come from spec.gpus)."""
 
-    requests: dict[str, str] = Field(default_factory=dict, description="Resource requests, e.g. {cpu: '4', memory: 32Gi}.")
-    limits: dict[str, str] = Field(default_factory=dict, description="Resource limits, e.g. {memory: 64Gi}.")
+    requests: dict[str, Quantity] = Field(default_factory=dict, description="Resource requests, e.g. {cpu: '4', memory: 32Gi}.")
+    limits: dict[str, Quantity] = Field(default_factory=dict, description="Resource limits, e.g. {memory: 64Gi}.")
 
 
 class Toleration(_Base):
@@ -135,7 +145,10 @@ class Toleration(_Base):
 class Cache(_Base):
     """Where downloaded and converted weights live."""
 
-    storage_class_name: str | None = Field(None, description="StorageClass of the cache PVC <name>-cache (cluster default when empty).", max_length=253)
+    storage_class_name: str | None = Field(
+        None, description="StorageClass of the cache PVC <name>-cache (cluster default when empty).",
+        pattern=DNS_SUBDOMAIN, max_length=253,
+    )
     size: str = Field("50Gi", description="Size of the cache PVC.", pattern=QUANTITY)
     access_mode: Literal["ReadWriteOnce", "ReadWriteMany", "ReadOnlyMany"] = Field(
         "ReadWriteOnce", description="Access mode of the cache PVC. Several replicas on different nodes need ReadWriteMany."
