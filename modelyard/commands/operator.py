@@ -8,13 +8,25 @@ import logging
 def register(sub) -> None:
     p = sub.add_parser("operator", help="run the operator (kopf) against the current cluster")
     p.add_argument("-n", "--namespace", action="append", default=[], help="watch only this namespace (repeatable; default: all)")
-    p.add_argument("--metrics-port", type=int, default=8080, help="serve Prometheus metrics on this port (0: off)")
+    p.add_argument("--metrics-port", type=_port, default=8080, help="serve Prometheus metrics on this port (0: off)")
     p.add_argument("--liveness", default=None, help="kopf liveness endpoint, e.g. http://0.0.0.0:8081/healthz")
     p.add_argument("--peering", default=None, help="kopf peering name (for several replicas); default: standalone")
     p.add_argument("--priority", default="0",
                    help="kopf peering priority: a number, or 'auto' (from $POD_NAME) so replicas run active/standby")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=run)
+
+
+def _port(text: str) -> int:
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port: use 1-65535, or 0 for no metrics server")
+    return value
 
 
 def run(args) -> int:

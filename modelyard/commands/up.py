@@ -24,7 +24,10 @@ def run(args) -> int:
 
     try:
         model = load_model(args.file)
-    except (ValidationError, OSError) as exc:
+    except OSError as exc:
+        print(f"modelyard up: -f {args.file}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except ValidationError as exc:
         print(f"modelyard up: invalid Model:\n{exc}", file=sys.stderr)
         return 2
     opts = Options(yaml_path=args.file, workdir=args.workdir.resolve(), port=args.port or model.spec.serving.port)

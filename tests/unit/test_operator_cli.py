@@ -18,3 +18,12 @@ def test_priority_auto_differs_by_pod_and_is_stable(monkeypatch):
 def test_priority_rejects_garbage():
     with pytest.raises(SystemExit, match="--priority must be a number or 'auto'"):
         peering_priority("high")
+
+
+def test_metrics_port_must_be_a_port(capsys):
+    from modelyard.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["operator", "--metrics-port", "99999"])
+    assert exc.value.code == 2
+    assert "--metrics-port" in capsys.readouterr().err
