@@ -165,3 +165,8 @@ def test_up_converts_a_pytorch_checkpoint_then_serves_it(project, tmp_path):
     finally:
         if up.proc.poll() is None:
             up.proc.kill()
+
+
+def test_missing_model_file_is_named(tmp_path):
+    r = subprocess.run([MODELYARD, "up", "-f", str(tmp_path / "nope.yaml")], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "nope.yaml" in r.stderr and "No such file" in r.stderr
