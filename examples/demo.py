@@ -63,7 +63,8 @@ def ask(url: str) -> None:
         "temperature": 0.8, "seed": 1})
     r.raise_for_status()
     body = r.json()
-    print(f"\ndemo: user: {question}\ndemo: tiny: {body['choices'][0]['message']['content']!r}")
+    print(f"\ndemo: user: {question}\ndemo: tiny: {body['choices'][0]['message']['content']!r}"
+          "  (random weights, so the words are noise; the pipeline is what is real)")
     print(f"demo: usage {body['usage']}")
     lines = [ln for ln in httpx.get(f"{url}/metrics", timeout=10).text.splitlines()
              if ln.startswith(METRICS)]
