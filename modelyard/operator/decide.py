@@ -190,6 +190,9 @@ def _deploy(model: Model, obs: ob.Observed, settings: Settings, sb: StatusBuilde
     if model.spec.replicas == 0:
         sb.condition("Ready", False, "ScaledToZero", "spec.replicas is 0")
         return "Deploying"
+    failure = None if rolled else ob.server_failure(obs.server_pods)
+    if failure:
+        return _fail(sb, "Ready", failure["reason"], failure["message"])
     if rolled:
         sb.condition("Ready", True, "Ready", f"{ready}/{model.spec.replicas} replicas serving at {endpoint(model)}{_adapters(model, obs, sb, d, ready)}")
         return "Ready"

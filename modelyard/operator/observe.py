@@ -23,6 +23,8 @@ class Observed:
     adapters_configmap: dict | None = None
     # adapter name -> serving pods that report it loaded (None: not probed)
     adapter_pods: dict[str, int] | None = None
+    # the serving Deployment's pods (crash reasons)
+    server_pods: list[dict] = field(default_factory=list)
     # converted folders on this Model's (shared) cache claim that other Models finished: output -> Model
     converted_elsewhere: dict[str, str] = field(default_factory=dict)
 
@@ -124,3 +126,25 @@ def deployment_ready(dep: dict | None, replicas: int) -> tuple[int, bool]:
     updated = int(status.get("updatedReplicas") or 0)
     current = (status.get("observedGeneration") or 0) >= ((dep.get("metadata") or {}).get("generation") or 0)
     return ready, current and ready >= replicas and updated >= replicas
+
+
+def server_failure(pods: list[dict]) -> dict | None:
+    """Why serving pods keep failing, from the termination message `modelyard serve` wrote
+    (e.g. InvalidAdapter), once a container has restarted or is backing off."""
+    for pod in pods:
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            waiting = ((cs.get("state") or {}).get("waiting") or {}).get("reason")
+            if not (cs.get("restartCount") or waiting == "CrashLoopBackOff"):
+                continue
+            term = (cs.get("lastState") or {}).get("terminated") or (cs.get("state") or {}).get("terminated") or {}
+            if not term.get("exitCode"):
+                continue
+            try:
+                err = json.loads(term.get("message") or "").get("error") or {}
+            except (ValueError, AttributeError):
+                err = {}
+            restarts = cs.get("restartCount") or 0
+            return {"reason": err.get("reason") or "ServerCrashed",
+                    "message": f"{err.get('message') or term.get('message') or 'exit code ' + str(term['exitCode'])}"
+                               f" (pod {pod['metadata']['name']}, {restarts} restarts)"}
+    return None

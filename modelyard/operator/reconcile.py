@@ -88,9 +88,10 @@ class Reconciler:
         )
         if model.spec.cache.claim_name:
             obs.converted_elsewhere = self._converted_on_claim(model)
-        if obs.deployment and served_adapters(model):
-            pods = self._list("Pod", ns, {INSTANCE_LABEL: name, COMPONENT_LABEL: "server"})
-            obs.adapter_pods = probe.adapters_loaded(pods, model.spec.serving.port)
+        if obs.deployment:
+            obs.server_pods = self._list("Pod", ns, {INSTANCE_LABEL: name, COMPONENT_LABEL: "server"})
+            if served_adapters(model):
+                obs.adapter_pods = probe.adapters_loaded(obs.server_pods, model.spec.serving.port)
         obs.download_pods, obs.download_log = self._pods_and_log(ns, obs.download_job, "download")
         obs.convert_pods, obs.convert_log = self._pods_and_log(ns, obs.convert_job, "convert")
         return obs

@@ -6,6 +6,12 @@ Keep this module tiny and additive: each step adds its own subclass here.
 """
 from __future__ import annotations
 
+import json
+import os
+import sys
+
+TERMINATION_LOG = "/dev/termination-log"
+
 
 class RuntimeStepError(Exception):
     """A step failed for a reason the user can act on."""
@@ -37,3 +43,19 @@ class DownloadError(RuntimeStepError):
 
     def termination_message(self) -> dict:
         return {**super().termination_message(), "plan": self.plan}
+
+
+def fail_step(err: RuntimeStepError, command: str, code: int = 2) -> int:
+    """Say why on stderr and, in a pod, in the termination log the operator reads; return the exit code.
+
+    The log is written only where it exists (Kubernetes creates it); $MODELYARD_TERMINATION_LOG
+    points elsewhere (tests)."""
+    print(f"modelyard {command}: {err.message}", file=sys.stderr, flush=True)
+    path = os.environ.get("MODELYARD_TERMINATION_LOG", TERMINATION_LOG)
+    if os.path.exists(path):
+        try:
+            with open(path, "w") as f:
+                json.dump(err.termination_message(), f)
+        except OSError:
+            pass
+    return code

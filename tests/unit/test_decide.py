@@ -157,3 +157,22 @@ def test_second_model_on_a_shared_cache_reuses_the_conversion():
     dep = next(a.obj for a in reused.actions if a.obj["kind"] == "Deployment")
     args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[args.index("--model") + 1] == output
+
+
+def test_crash_looping_server_says_why_in_status():
+    m = model()
+    job, pods = done_job(build_download_job(m, S, "24GiB"), {"resolvedRevision": "abc", "plan": PLAN})
+    dep = build_deployment(m, S, PLAN, base_dir(m))
+    msg = json.dumps({"error": {"reason": "InvalidAdapter", "message": "adapter 'sql' was trained on hidden_size=4096, the model has 2048"}})
+    crashing = {"metadata": {"name": "tiny-abc"}, "status": {"containerStatuses": [{
+        "name": "server", "restartCount": 3, "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+        "lastState": {"terminated": {"exitCode": 2, "message": msg}}}]}}
+    obs = Observed(pvc={}, download_job=job, download_pods=pods, deployment=dep, service=build_service(m), server_pods=[crashing])
+    d = decide(m, None, obs, S, "24GiB")
+    assert d.status["phase"] == "Failed"
+    degraded = cond(d.status, "Degraded")
+    assert degraded["reason"] == "InvalidAdapter" and "hidden_size" in degraded["message"] and "3 restarts" in degraded["message"]
+    assert any(e["type"] == "Warning" and e["reason"] == "InvalidAdapter" for e in d.events)
+    healthy = {"metadata": {"name": "tiny-abc"}, "status": {"containerStatuses": [{"name": "server", "restartCount": 0, "state": {"running": {}}}]}}
+    assert decide(m, None, Observed(pvc={}, download_job=job, download_pods=pods, deployment=dep, service=build_service(m),
+                                    server_pods=[healthy]), S, "24GiB").status["phase"] == "Deploying"

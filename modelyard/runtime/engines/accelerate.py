@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import sys
 import tempfile
 import threading
 from pathlib import Path
 from typing import Callable
 
 from modelyard.runtime.engines import lora
+from modelyard.runtime.errors import RuntimeStepError, fail_step
 from modelyard.runtime.engines.accelerate_batch import FirstToken, Work, WorkQueue, batch_key, left_pad, trim
 from modelyard.runtime.server.engine import Delta, Finish, GenerationJob
 from modelyard.runtime.server.errors import APIError
@@ -323,8 +323,8 @@ def serve(args) -> int:
     try:
         engine = build(args)
     except (EngineConfigError, lora.AdapterError) as exc:
-        print(f"modelyard serve: {exc}", file=sys.stderr)
-        return 2
+        reason = "InvalidAdapter" if isinstance(exc, lora.AdapterError) else "InvalidServingConfig"
+        return fail_step(RuntimeStepError(reason, str(exc)), "serve")
     metrics = ServingMetrics("accelerate", args.served_model_name, planned_gpu_bytes=args.planned_gpu_bytes)
     engine.on_batch = metrics.batch_size.labels(model=args.served_model_name).observe
     engine.on_abandoned = metrics.tokens

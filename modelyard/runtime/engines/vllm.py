@@ -24,11 +24,10 @@ from pathlib import Path
 
 from modelyard.runtime.adapters import AdapterError, validate_adapter
 from modelyard.runtime.engines.vllm_args import ServeConfigError, build_vllm_args
-from modelyard.runtime.errors import RuntimeStepError
+from modelyard.runtime.errors import RuntimeStepError, fail_step
 
 DRAIN_SECONDS = 60      # in-flight requests get this long after SIGTERM
 STOP_SECONDS = 30       # then vLLM gets this long to exit before SIGKILL
-TERMINATION_LOG = "/dev/termination-log"
 VLLM_DEFAULT_LORA_RANK = 16  # LoRAConfig.max_lora_rank when --enable-lora comes without a rank
 
 
@@ -61,14 +60,7 @@ def engine_env(gpus: int, base: dict | None = None) -> dict[str, str]:
 
 
 def _fail(err: RuntimeStepError, code: int = 2) -> int:
-    print(f"modelyard serve: {err.message}", file=sys.stderr, flush=True)
-    if os.path.exists(TERMINATION_LOG):
-        try:
-            with open(TERMINATION_LOG, "w") as f:
-                json.dump(err.termination_message(), f)
-        except OSError:
-            pass
-    return code
+    return fail_step(err, "serve", code)
 
 
 def _die_with_parent() -> None:

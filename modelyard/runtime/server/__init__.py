@@ -12,6 +12,8 @@ import threading
 import time
 from typing import Callable
 
+from modelyard.runtime.engines.lora import AdapterError
+from modelyard.runtime.errors import RuntimeStepError, fail_step
 from modelyard.runtime.metrics import ServingMetrics
 from modelyard.runtime.server.app import ServerState, create_app
 
@@ -30,9 +32,10 @@ def run(engine, metrics: ServingMetrics, load: Callable[[], None], host: str, po
         t0 = time.perf_counter()
         try:
             load()
-        except Exception as exc:  # shown to the user and the pod's log, then exit 1
+        except Exception as exc:  # shown to the user, the pod's log and its termination log, then exit 1
             state.error = f"loading the model failed: {exc}"
-            print(f"modelyard serve: {state.error}", file=sys.stderr, flush=True)
+            reason = "InvalidAdapter" if isinstance(exc, AdapterError) else "ModelLoadFailed"
+            fail_step(RuntimeStepError(reason, state.error), "serve")
             server.should_exit = True
             return
         seconds = time.perf_counter() - t0
