@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import threading
 from pathlib import Path
 from typing import Any, get_args, get_origin
 
@@ -96,8 +97,18 @@ def _unknown_field_hint(loc: tuple, data: dict) -> str:
     return "; valid fields here: " + ", ".join(names)
 
 
-@functools.lru_cache(maxsize=None)
+_PROGRAMS_LOCK = threading.Lock()
+
+
 def _programs():
+    """The compiled CEL rules. Building celpy's parser takes ~0.5 s: once per process, even when
+    many threads (the operator's workers) ask at the same moment."""
+    with _PROGRAMS_LOCK:
+        return _compile()
+
+
+@functools.lru_cache(maxsize=None)
+def _compile():
     import celpy
 
     env = celpy.Environment()
@@ -148,8 +159,11 @@ def check_rules(model: Model, raw_spec: dict | None = None) -> list[tuple[str, s
     return issues
 
 
-def parse_model(data: Any, source: str = "") -> Model:
-    """Validate a parsed Model document; raise ValidationError naming every bad field."""
+def parse_model(data: Any, source: str = "", rules: bool = True) -> Model:
+    """Validate a parsed Model document; raise ValidationError naming every bad field.
+
+    ``rules=False`` skips the CEL rules: for objects read back from an API server, which has
+    already enforced them (the CRD carries them as x-kubernetes-validations)."""
     if not isinstance(data, dict):
         raise ValidationError([("", f"expected a Model object (apiVersion: {API_VERSION}, kind: {KIND}), got {type(data).__name__}")], source)
     try:
@@ -162,7 +176,7 @@ def parse_model(data: Any, source: str = "") -> Model:
                 msg += _unknown_field_hint(err["loc"], data)
             issues.append((_path(err["loc"]), msg))
         raise ValidationError(issues, source) from None
-    issues = check_rules(model, data.get("spec") if isinstance(data.get("spec"), dict) else {})
+    issues = check_rules(model, data.get("spec") if isinstance(data.get("spec"), dict) else {}) if rules else []
     if issues:
         raise ValidationError(issues, source)
     return model

@@ -162,3 +162,12 @@ def test_validate_as_a_subprocess(tmp_path):
     exe = Path(sys.executable).with_name("modelyard")
     proc = subprocess.run([str(exe), "validate", "-f", str(bad)], capture_output=True, text=True)
     assert proc.returncode == 1 and "spec.gpus" in proc.stderr
+
+
+def test_rules_can_be_left_to_the_api_server():
+    dup = with_spec(adapters=[{"name": "a", "uri": "hf://a/b"}, {"name": "a", "uri": "hf://a/c"}])
+    with pytest.raises(ValidationError):
+        parse_model(dup)
+    assert parse_model(dup, rules=False).spec.adapters[0].name == "a"  # structure still checked:
+    with pytest.raises(ValidationError):
+        parse_model(with_spec(precision="int3"), rules=False)
