@@ -1,6 +1,8 @@
 """The chart's `--priority auto` under kopf peering: replicas get distinct priorities (from
 POD_NAME), the highest reconciles, the other stands by and takes over when it goes. Its own
-module: a fresh emulator, apart from the equal-priority case in test_peering.py."""
+module, a fresh emulator, named to run before test_peering.py: after that module, a second
+emulator in the same pytest process leaves one operator's ClusterKopfPeering watch stream
+unprocessed (seen, not diagnosed; the emulator instances seem to share some state)."""
 from __future__ import annotations
 
 import os
