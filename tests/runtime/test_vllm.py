@@ -66,9 +66,12 @@ def sse(server, path, body) -> list:
     return events
 
 
-def test_health_answers_503_while_vllm_loads_then_200(server):
+def test_health_is_not_200_until_vllm_has_loaded(server):
+    # Refused (0) while vLLM imports, 503 from the placeholder while the engine loads (a tiny
+    # model with a warm compile cache may load between two polls; the placeholder itself is
+    # tested in tests/unit/test_vllm_launch.py), then 200 — never 200 early.
     assert server.health[-1] == 200 and 200 not in server.health[:-1]
-    assert 503 in server.health  # the placeholder answered while the engine loaded
+    assert set(server.health[:-1]) <= {0, 503}
 
 
 def test_completion_and_chat_answer_with_usage(server):
