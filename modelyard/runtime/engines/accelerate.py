@@ -323,7 +323,7 @@ def serve(args) -> int:
     try:
         engine = build(args)
     except (EngineConfigError, lora.AdapterError) as exc:
-        reason = "InvalidAdapter" if isinstance(exc, lora.AdapterError) else "InvalidServingConfig"
+        reason = exc.reason if isinstance(exc, RuntimeStepError) else "InvalidServingConfig"
         return fail_step(RuntimeStepError(reason, str(exc)), "serve")
     metrics = ServingMetrics("accelerate", args.served_model_name, planned_gpu_bytes=args.planned_gpu_bytes)
     engine.on_batch = metrics.batch_size.labels(model=args.served_model_name).observe

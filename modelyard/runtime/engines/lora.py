@@ -7,9 +7,8 @@ import json
 import re
 from pathlib import Path
 
-
-class AdapterError(ValueError):
-    pass
+# One error type for both engines: a RuntimeStepError with reason InvalidAdapter.
+from modelyard.runtime.adapters import AdapterError
 
 
 def parse_spec(spec: str) -> tuple[str, str]:

@@ -12,7 +12,6 @@ import threading
 import time
 from typing import Callable
 
-from modelyard.runtime.engines.lora import AdapterError
 from modelyard.runtime.errors import RuntimeStepError, fail_step
 from modelyard.runtime.metrics import ServingMetrics
 from modelyard.runtime.server.app import ServerState, create_app
@@ -34,7 +33,7 @@ def run(engine, metrics: ServingMetrics, load: Callable[[], None], host: str, po
             load()
         except Exception as exc:  # shown to the user, the pod's log and its termination log, then exit 1
             state.error = f"loading the model failed: {exc}"
-            reason = "InvalidAdapter" if isinstance(exc, AdapterError) else "ModelLoadFailed"
+            reason = exc.reason if isinstance(exc, RuntimeStepError) else "ModelLoadFailed"
             fail_step(RuntimeStepError(reason, state.error), "serve")
             server.should_exit = True
             return
