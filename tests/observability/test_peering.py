@@ -9,7 +9,6 @@ import os
 import subprocess
 import time
 
-import httpx
 import pytest
 
 from tests.integration.play import model

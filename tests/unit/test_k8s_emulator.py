@@ -222,7 +222,7 @@ def test_put_patches_and_delete_collection(api, namespace, k8s):
 
 def test_server_side_apply_creates_then_merges(k8s, namespace):
     path = f"/apis/modelyard.io/v1alpha1/namespaces/{namespace}/models/applied?fieldManager=test"
-    doc = f"apiVersion: modelyard.io/v1alpha1\nkind: Model\nmetadata:\n  name: applied\nspec:\n  source:\n    uri: hf://a/b\n"
+    doc = "apiVersion: modelyard.io/v1alpha1\nkind: Model\nmetadata:\n  name: applied\nspec:\n  source:\n    uri: hf://a/b\n"
     code, created = http(k8s, "PATCH", path, doc.encode(), "application/apply-patch+yaml")
     assert code == 201 and created["spec"]["source"]["uri"] == "hf://a/b"
     code, applied = http(k8s, "PATCH", path, (doc + "  gpus: 2\n").encode(), "application/apply-patch+yaml")
