@@ -22,3 +22,13 @@ def test_bad_adapter_exits_with_the_reason_in_the_termination_log(tmp_path):
     err = json.loads(log.read_text())["error"]
     assert err["reason"] == "InvalidAdapter" and "sql" in err["message"] and "hidden_size" in err["message"]
     assert err["message"] in proc.stderr
+
+
+def test_bad_adapters_file_is_named(tmp_path, capsys):
+    from modelyard.cli import main
+
+    bad = tmp_path / "adapters.json"
+    bad.write_text('["sql"]')
+    assert main(["serve", "--engine", "accelerate", "--model", str(tmp_path), "--adapters-file", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "--adapters-file" in err and "adapters.json" in err and "name -> folder" in err
