@@ -136,6 +136,13 @@ class Serving(_Base):
                            "serving.args cannot turn it on.")
     auth: ServingAuth | None = Field(None, description="API keys required by the endpoint (off when absent).")
 
+    RULES: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("!has(self.args) || !self.args.exists(a, a.matches('^-*trust[-_]remote[-_]code'))",
+         "args cannot turn on trust_remote_code; set spec.serving.trustRemoteCode: true instead"),
+        ("!has(self.args) || !self.args.exists(a, a.matches('^--api[-_]key(=.*)?$'))",
+         "args cannot set the API key; use spec.serving.auth.secretRef"),
+    )
+
 
 def _number_to_str(value):
     return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value

@@ -33,6 +33,8 @@ def register(sub) -> None:
     p.add_argument("--max-memory", help='accelerate max_memory as JSON, e.g. \'{"0": "70GiB", "cpu": "100GiB"}\'')
     p.add_argument("--offload-folder", help="folder for weights offloaded to disk")
     p.add_argument("--planned-gpu-bytes", type=int, help="planner's per-GPU estimate, exported as a metric")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="run Python code shipped with the model (off by default; spec.serving.trustRemoteCode)")
     add_guard_args(p)
     p.add_argument("extra", nargs="*", metavar="-- EXTRA", help="engine arguments after --")
     p.set_defaults(func=run)

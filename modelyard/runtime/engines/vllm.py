@@ -107,7 +107,8 @@ def serve(args) -> int:
             args.model, served_model_name=args.served_model_name, port=args.port,
             host=getattr(args, "host", None) or "0.0.0.0", gpus=args.gpus, precision=args.precision,
             max_model_len=args.max_model_len, adapters=adapters,
-            extra_args=list(getattr(args, "extra", None) or []), plan=_load_plan(getattr(args, "plan", None)))
+            extra_args=list(getattr(args, "extra", None) or []), plan=_load_plan(getattr(args, "plan", None)),
+            trust_remote_code=bool(getattr(args, "trust_remote_code", False)))
     except (AdapterError, ServeConfigError) as err:
         return _fail(err)
     from modelyard.runtime.guard import GuardConfig

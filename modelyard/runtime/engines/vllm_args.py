@@ -33,6 +33,8 @@ _OWNED = {
     "--dtype": "spec.precision (modelyard serve --precision)",
     "--quantization": "spec.precision (quantize with modelyard convert, then serve the result)",
     "--lora-modules": "spec.adapters (modelyard serve --adapter NAME=DIR)",
+    "--trust-remote-code": "spec.serving.trustRemoteCode (modelyard serve --trust-remote-code)",
+    "--api-key": "spec.serving.auth.secretRef (modelyard serve --api-key-file)",
 }
 _ALIASES = {"-tp": "--tensor-parallel-size", "-pp": "--pipeline-parallel-size", "-q": "--quantization"}
 # Flags a user may raise but not lower below what the adapters need.
@@ -174,7 +176,7 @@ def _same(a: list[str], b: list[str]) -> bool:
     return a == b
 
 
-_ALWAYS_MANAGED = frozenset({"--model", "--host", "--port", "--lora-modules"})
+_ALWAYS_MANAGED = frozenset({"--model", "--host", "--port", "--lora-modules", "--trust-remote-code", "--api-key"})
 
 
 def check_extra_args(ours: list[str], extra: list[str], managed: frozenset = _ALWAYS_MANAGED) -> list[str]:
@@ -205,7 +207,7 @@ def build_vllm_args(model_dir: str | Path, *, served_model_name: str, port: int,
                     precision: str = "auto", max_model_len: int | None = None,
                     adapters: dict[str, str] | None = None, extra_args: list[str] | None = None,
                     plan: dict | None = None, gpu_memory_utilization: float = 0.9,
-                    pipeline_parallel: int = 1, host: str = "127.0.0.1") -> list[str]:
+                    pipeline_parallel: int = 1, host: str = "127.0.0.1", trust_remote_code: bool = False) -> list[str]:
     """Arguments for vLLM's OpenAI api_server serving ``model_dir`` as the spec says."""
     max_len = max_model_len or (plan or {}).get("maxModelLen")
     args = ["--model", str(model_dir), "--host", host, "--port", str(port),
@@ -214,6 +216,8 @@ def build_vllm_args(model_dir: str | Path, *, served_model_name: str, port: int,
         args += ["--max-model-len", str(int(max_len))]
     args += _parallel_args(gpus, plan, pipeline_parallel, gpu_memory_utilization)
     args += _lora_args(dict(adapters or {}))
+    if trust_remote_code:
+        args.append("--trust-remote-code")
     managed = set(_ALWAYS_MANAGED)
     if precision != "auto":
         managed.add("--quantization")  # the precision (or the checkpoint) decides
