@@ -20,6 +20,8 @@ from modelyard.operator.resources.leaderworkerset import (
 )
 from modelyard.operator.status import StatusBuilder
 
+LWS_RECHECK_S = 30.0
+
 
 def deploy_group(model: Model, obs: ob.Observed, settings: Settings, sb: StatusBuilder, d: Decision,
                  plan: dict, model_dir: str) -> str:
@@ -27,6 +29,7 @@ def deploy_group(model: Model, obs: ob.Observed, settings: Settings, sb: StatusB
     sb.set("nodes", nodes)
     sb.set("layout", layout_text(nodes, per_node, plan))
     if obs.lws_installed is False:
+        d.retry_after = LWS_RECHECK_S  # installing the CRD is enough: no need to touch the Model
         return _fail(sb, "Ready", "LeaderWorkerSetMissing",
                      f"spec asks for {nodes} nodes per replica, which needs a LeaderWorkerSet, but the "
                      f"cluster has no leaderworkersets.leaderworkerset.x-k8s.io CRD: {INSTALL_HINT}")

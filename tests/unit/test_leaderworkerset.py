@@ -128,6 +128,7 @@ def test_without_the_crd_the_model_is_degraded_with_how_to_install():
     assert "kubernetes-sigs/lws" in degraded["message"] and "helm install lws" in degraded["message"]
     assert not [a for a in d.actions if a.obj["kind"] in ("LeaderWorkerSet", "Deployment")]
     assert any(e["reason"] == "LeaderWorkerSetMissing" and e["type"] == "Warning" for e in d.events)
+    assert d.retry_after == 30  # looks again: installing LWS is enough
 
 
 def test_group_is_created_then_ready_with_layout_in_status():

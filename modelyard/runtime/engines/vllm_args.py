@@ -126,7 +126,10 @@ def _parallel_args(gpus: int, plan: dict | None, pipeline_parallel: int,
     if gpus < 1 and nodes > 1:
         # CPU across nodes: one pipeline stage per node; no --enforce-eager (vLLM's second stage
         # crashes on intermediate_tensors in eager mode)
-        return ["--tensor-parallel-size", "1", "--pipeline-parallel-size", str(nodes)]
+        from modelyard.runtime.engines.vllm_cpu_pp import QUALNAME  # the later stages' buffers (see there)
+
+        return ["--tensor-parallel-size", "1", "--pipeline-parallel-size", str(nodes),
+                "--worker-extension-cls", QUALNAME]
     if gpus < 1:
         return ["--tensor-parallel-size", "1", "--enforce-eager"]  # CPU: eager starts ~2x faster
     pp = int((plan or {}).get("pipelineParallelSize") or pipeline_parallel or 1)
