@@ -171,7 +171,7 @@ class ModelSpec(_Base):
     format: Format = Field("auto", description="Format of the weights at the source; auto detects it from the files.")
     precision: Precision = Field("auto", description="Precision to serve at; fp8/int8/int4 quantize (convert step or bitsandbytes at load).")
     engine: Engine = Field("auto", description="Serving engine; auto picks from the plan (vllm on GPUs, accelerate otherwise).")
-    gpus: int = Field(0, description="GPUs per replica; 0 serves on CPU. More than one shards the model (tensor parallel).", ge=0, le=64)
+    gpus: int = Field(0, description="GPUs per replica (over all its nodes); 0 serves on CPU. More than one shards the model: tensor parallel within a node, pipeline parallel across nodes when gpus > gpusPerNode.", ge=0, le=64)
     gpu_memory: str | None = Field(
         None, description="Memory of one GPU (e.g. 80GiB) or a resource profile name (e.g. nvidia-a100-80gb); used by the planner.",
         pattern=GPU_MEMORY, max_length=64,
