@@ -80,8 +80,8 @@ def prepare(raw: bytes) -> tuple[dict | None, bool, bool]:
     return body, True, bool(opts.get("include_usage"))
 
 
-async def _json_error(send, status: int, message: str, code: str) -> None:
-    body = json.dumps({"error": {"message": message, "type": "invalid_request_error", "param": None,
+async def _json_error(send, status: int, message: str, code: str, type_: str = "invalid_request_error") -> None:
+    body = json.dumps({"error": {"message": message, "type": type_, "param": None,
                                  "code": code}}).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
@@ -191,7 +191,7 @@ class ModelyardMiddleware:
         if method == "GET" and path == "/metrics":
             return await self._metrics(scope, receive, send)
         if path == "/health" and self.group and (problem := self.group.problem()):
-            return await _json_error(send, 503, problem, "group_incomplete")
+            return await _json_error(send, 503, problem, "group_incomplete", "service_unavailable")
         if method == "POST" and path in ("/v1/load_lora_adapter", "/v1/unload_lora_adapter"):
             return await self._lora(scope, receive, send, load=path.endswith("/load_lora_adapter"))
         return await self.app(scope, receive, send)
