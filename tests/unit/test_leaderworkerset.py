@@ -163,3 +163,15 @@ def test_switching_between_one_node_and_a_group_deletes_the_other_workload():
     d = decide(small, None, obs, S, "80GiB")
     assert ("delete", "LeaderWorkerSet") in {(a.verb, a.obj["kind"]) for a in d.actions}
     assert d.status["layout"] == "1 × 2 GPUs, TP 2 × PP 1"
+
+
+def test_node_size_from_spec_then_profile_then_setting():
+    from modelyard.operator.resources.common import gpus_per_node
+    from modelyard.operator.resources.leaderworkerset import group_layout, is_multinode
+
+    settings = Settings.from_dict({"gpusPerNode": 4, "profiles": {"l4x2": {"gpusPerNode": 2, "memory": "24GiB"}}})
+    assert gpus_per_node(model(gpus=8, adapters=[]), settings) == 4
+    assert group_layout(model(gpus=8, adapters=[]), {}, settings) == (2, 4)
+    assert gpus_per_node(model(gpus=8, gpuMemory="l4x2", adapters=[]), settings) == 2
+    assert gpus_per_node(model(gpus=8, gpuMemory="l4x2", gpusPerNode=8, adapters=[]), settings) == 8
+    assert not is_multinode(model(gpus=8, adapters=[]), {}, S)  # 8 GPUs fit the default 8-GPU node
