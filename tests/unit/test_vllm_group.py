@@ -81,3 +81,12 @@ def test_vllm_args_for_a_group(tmp_path):
     with pytest.raises(ServeConfigError, match=r"--nnodes 3 contradicts the spec"):
         build_vllm_args(tmp_path, served_model_name="m", port=8000, gpus=16, nodes=2, pipeline_parallel=2,
                         extra_args=["--nnodes", "3"])
+
+
+def test_the_cpu_pipeline_fix_names_a_class_that_exists():
+    import importlib
+
+    from modelyard.runtime.engines.vllm_args import CPU_PIPELINE_FIX
+
+    module, _, name = CPU_PIPELINE_FIX.rpartition(".")
+    assert isinstance(getattr(importlib.import_module(module), name), type)  # vLLM resolves it by name

@@ -21,6 +21,9 @@ LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
 # what each quantized precision must look like in a compressed-tensors config: (type, num_bits)
 _SCHEMES = {"int8": ("int", 8), "int4": ("int", 4), "fp8": ("float", 8)}
 
+# Imported by vLLM in each worker process (vllm_cpu_pp.py): the later pipeline stages' buffers on CPU.
+CPU_PIPELINE_FIX = "modelyard.runtime.engines.vllm_cpu_pp.PipelineStageBuffers"
+
 # Flags modelyard sets from the spec → the spec field (and CLI flag) a user changes instead.
 _OWNED = {
     "--model": "spec.source.uri (modelyard serve --model)",
@@ -126,10 +129,8 @@ def _parallel_args(gpus: int, plan: dict | None, pipeline_parallel: int,
     if gpus < 1 and nodes > 1:
         # CPU across nodes: one pipeline stage per node; no --enforce-eager (vLLM's second stage
         # crashes on intermediate_tensors in eager mode)
-        from modelyard.runtime.engines.vllm_cpu_pp import QUALNAME  # the later stages' buffers (see there)
-
         return ["--tensor-parallel-size", "1", "--pipeline-parallel-size", str(nodes),
-                "--worker-extension-cls", QUALNAME]
+                "--worker-extension-cls", CPU_PIPELINE_FIX]
     if gpus < 1:
         return ["--tensor-parallel-size", "1", "--enforce-eager"]  # CPU: eager starts ~2x faster
     pp = int((plan or {}).get("pipelineParallelSize") or pipeline_parallel or 1)
