@@ -206,7 +206,9 @@ def _plan(*, config, precision, engine, gpus, gpu_memory, max_model_len, index,
     ask = Ask(c, wbytes, kv_dtype, kv_dtype, hw_gpus, gpu_mem, host_mem, cap,
               max_model_len is not None or searched, lora)
     fit_fn = P.fitter(eng, ask, lay)
-    par, fit, problem = _layout(c, fit_fn, gpus, per_node, nodes, searched)
+    if searched and eng != "vllm":
+        nodes = 1  # only vLLM serves across nodes
+    par, fit, problem = _layout(c, fit_fn, gpus, per_node, nodes, searched, eng == "vllm")
     result = Plan(
         architecture=c.architecture or c.model_type, family=lay.family,
         parameters=lay.parameters, weight_bytes=wbytes,
@@ -227,7 +229,7 @@ def _plan(*, config, precision, engine, gpus, gpu_memory, max_model_len, index,
     return result, {"prequantized": pre is not None}
 
 
-def _layout(c: Cfg, fit_fn, gpus, per_node: int, nodes, searched: bool):
+def _layout(c: Cfg, fit_fn, gpus, per_node: int, nodes, searched: bool, can_span: bool = True):
     """(layout, its fit, a reason overriding the usual one or "")."""
     if not searched:
         par = P.for_gpus(c, gpus, per_node, nodes)
@@ -243,14 +245,16 @@ def _layout(c: Cfg, fit_fn, gpus, per_node: int, nodes, searched: bool):
         raise PlanError(f"gpusPerNode: no tensor-parallel size divides both {per_node} and the "
                         f"{c.heads} attention heads")
     fit = fit_fn(tried[0])
-    where = f"{largest} nodes" if nodes else f"up to {largest} nodes"
+    where = (f"{largest} node" + ("s" if largest > 1 else "")) if nodes else f"up to {largest} nodes"
     text = f"does not fit on {where} of {per_node} GPUs ({tried[0].describe()}): {fit.problem}"
-    needed = None if nodes and nodes > P.MAX_NODES else P.nodes_needed(c, fit_fn, per_node)
-    if nodes:
+    needed = None if not can_span or nodes and nodes > P.MAX_NODES else P.nodes_needed(c, fit_fn, per_node)
+    if nodes and can_span:
         needed = P.search(c, fit_fn, per_node) or needed
     if needed:
         return needed[0], replace(needed[1], fits=False), (
             f"{text}. It would need {needed[0].nodes} nodes ({needed[0].describe()})")
+    if not can_span:
+        return tried[0], fit, f"{text}. Only engine vllm serves across nodes"
     return tried[0], fit, f"{text}. It does not fit on {P.COUNT_NODES_UP_TO} nodes either"
 
 

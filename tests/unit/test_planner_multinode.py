@@ -82,6 +82,11 @@ def test_one_node_plans_are_unchanged_and_a_too_small_one_points_across_nodes():
     assert not p.fits and "Across nodes of 8 GPUs: gpus 16 (TP 8 × PP 2 on 2 nodes)" in p.reason
 
 
+def test_accelerate_searches_one_node_only():
+    p = plan(cfg("llama-3.1-405b"), gpus=None, gpus_per_node=8, gpu_memory="80GiB", engine="accelerate")
+    assert p.engine == "accelerate" and p.nodes == 1 and p.pipeline_parallel_size == 1
+
+
 def test_cpu_pipeline_over_two_nodes():
     p = plan(cfg("llama-3.1-8b"), gpus=0, nodes=2, precision="bfloat16", memory="32Gi")
     assert p.fits and p.engine == "vllm" and layout(p) == (1, 2, 2, 0)
