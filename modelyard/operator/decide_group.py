@@ -60,6 +60,7 @@ def deploy_group(model: Model, obs: ob.Observed, settings: Settings, sb: StatusB
         return _fail(sb, "Ready", failure["reason"], failure["message"])
     where = f"{ready}/{model.spec.replicas} groups of {nodes} nodes ({sb.status['layout']})"
     if rolled:
+        d.retry_after = LWS_RECHECK_S  # no watch on LeaderWorkerSets (the CRD may come and go): look now and then
         sb.condition("Ready", True, "Ready", f"{where} serving at {endpoint(model)}{_adapters(model, obs, sb, d, ready)}")
         return "Ready"
     sb.condition("Ready", False, "Deploying", f"{where} ready; waiting for every node of the group to load its stage")

@@ -145,7 +145,7 @@ def test_group_is_created_then_ready_with_layout_in_status():
     obs.adapters_configmap = next(a.obj for a in d.actions if a.obj["kind"] == "ConfigMap")
     obs.adapter_pods = {"sql": 1}
     d2 = decide(m, d.status, obs, S, "80GiB")
-    assert d2.actions == [] and d2.status["phase"] == "Ready"
+    assert d2.actions == [] and d2.status["phase"] == "Ready" and d2.retry_after == 30
     ready = next(c for c in d2.status["conditions"] if c["type"] == "Ready")
     assert ready["message"].startswith("1/1 groups of 2 nodes (2 × 8 GPUs, TP 8 × PP 2) serving at http://big.ml.svc:8000/v1")
 
