@@ -12,7 +12,7 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
 
 
 def chat_logprobs(entries: list[dict] | None) -> dict | None:
-    return None if entries is None else {"content": entries, "refusal": None}
+    return None if entries is None else {"content": entries}  # as vLLM answers (no "refusal")
 
 
 def completion_logprobs(entries: list[dict] | None, offset: int = 0) -> dict | None:
