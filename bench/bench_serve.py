@@ -1,4 +1,4 @@
-"""Serving overhead: `modelyard serve --engine vllm` (our proxy + metrics) vs the bare vLLM
+"""Serving overhead: `modelyard serve --engine vllm` (our in-process middleware + metrics) vs the bare vLLM
 api_server behind it, on the same tiny Llama, same request mix, same run.
 
 Both servers run at once from the same command line (``build_vllm_args``), ours with the

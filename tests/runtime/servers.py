@@ -116,6 +116,31 @@ def commit_folder(repo: Path, message: str = "add files") -> str:
     return git(repo, "rev-parse", "HEAD")
 
 
+def store_in_lfs(repo: Path, *paths: str) -> dict[str, str]:
+    """Turn files of ``repo`` into Git LFS files as the Hub stores them (no git-lfs binary needed):
+    the content moves to ``.git/lfs/objects/<oid[:2]>/<oid[2:4]>/<oid>`` and the committed file
+    becomes the pointer, so olah publishes each file's sha256 (``lfs.oid``) and size. Returns
+    {path: sha256}. Commit afterwards with ``commit_folder``."""
+    import hashlib
+
+    if not (repo / ".git").exists():
+        git(repo, "init", "-q", "-b", "main")
+    shas = {}
+    for rel in paths:
+        f = repo / rel
+        h = hashlib.sha256()
+        with open(f, "rb") as fh:
+            while block := fh.read(1 << 24):
+                h.update(block)
+        oid = shas[rel] = h.hexdigest()
+        store = repo / ".git" / "lfs" / "objects" / oid[:2] / oid[2:4] / oid
+        store.parent.mkdir(parents=True, exist_ok=True)
+        size = f.stat().st_size
+        shutil.move(f, store)
+        f.write_text(f"version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize {size}\n")
+    return shas
+
+
 @contextlib.contextmanager
 def start_olah(workdir: Path):
     workdir = Path(workdir)

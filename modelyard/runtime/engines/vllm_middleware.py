@@ -22,7 +22,7 @@ import time
 from modelyard.runtime.metrics import CONTENT_TYPE, ServingMetrics
 
 ENV = "MODELYARD_VLLM"
-ON_READY: list = []  # called once when vLLM's HTTP server starts (vllm_launch stops its 503 placeholder)
+ON_READY: list = []  # called at vLLM's first HTTP request: its server accepts (vllm_launch stops its 503)
 _ENDPOINTS = {"/v1/completions": "completions", "/v1/chat/completions": "chat_completions"}
 
 
@@ -169,8 +169,6 @@ class ModelyardMiddleware:
             self.metrics.adapter_added(name)
         if cfg.get("started"):  # the stack is built at server start, right after the engine is ready
             self.metrics.model_load_seconds.set(max(0.0, time.time() - float(cfg["started"])))
-        while ON_READY:
-            ON_READY.pop()()
 
     def label(self, model) -> str:
         return model if model == self.name or model in self.adapters else "unknown"
@@ -178,6 +176,8 @@ class ModelyardMiddleware:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        while ON_READY:  # vLLM's server is accepting: the placeholder may stop (not earlier: in between
+            ON_READY.pop()()  # lifespan startup and uvicorn's accept loop, requests would hang)
         path, method = scope["path"], scope["method"]
         if method == "POST" and path in _ENDPOINTS:
             return await self._generate(scope, receive, send, _ENDPOINTS[path])
