@@ -190,13 +190,21 @@ class SeaweedS3:
         return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": self.key,
                 "AWS_SECRET_ACCESS_KEY": self.secret, "AWS_DEFAULT_REGION": "us-east-1"}
 
-    def upload_folder(self, folder: Path, bucket: str, prefix: str) -> None:
+    def upload_folder(self, folder: Path, bucket: str, prefix: str, sha256: bool = False) -> None:
+        """Upload every file; with ``sha256`` as one PUT each with ``ChecksumAlgorithm=SHA256``, so
+        the server publishes the full-object ``x-amz-checksum-sha256`` (multipart would be composite)."""
         c = self.client()
         with contextlib.suppress(c.exceptions.BucketAlreadyOwnedByYou, c.exceptions.BucketAlreadyExists):
             c.create_bucket(Bucket=bucket)
         for f in sorted(Path(folder).rglob("*")):
-            if f.is_file():
-                c.upload_file(str(f), bucket, f"{prefix}/{f.relative_to(folder).as_posix()}")
+            if not f.is_file():
+                continue
+            key = f"{prefix}/{f.relative_to(folder).as_posix()}"
+            if sha256:
+                with open(f, "rb") as body:
+                    c.put_object(Bucket=bucket, Key=key, Body=body, ChecksumAlgorithm="SHA256")
+            else:
+                c.upload_file(str(f), bucket, key)
 
 
 @contextlib.contextmanager
