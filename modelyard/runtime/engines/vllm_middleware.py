@@ -1,6 +1,7 @@
 """modelyard's metrics and adapter checks inside vLLM's own OpenAI server, as an ASGI middleware
 (vLLM's ``--middleware`` hook). One process, no extra network hop: a reverse proxy in front of
-vLLM measured +71% p50 latency on a busy 2-core machine (docs/benchmarks.md), this adds < 3%.
+vLLM measured +71% p50 latency on a busy 2-core machine (docs/benchmarks-history.md); this
+adds < 3% (docs/benchmarks.md).
 
 Configured by the ``MODELYARD_VLLM`` environment variable (JSON written by ``vllm.py``):
 ``served_model_name``, ``model_dir``, ``max_lora_rank``, ``planned_gpu_bytes``, ``adapters``,
