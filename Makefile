@@ -77,7 +77,7 @@ operator: venv ## Run the operator against the cluster in KUBECONFIG
 	$(VENV)/bin/modelyard operator
 
 clean: ## Remove virtualenvs, tools and work folders
-	rm -rf $(VENV) $(VLLM_VENV) .tools .work .demo .bench
+	rm -rf $(VENV) $(VLLM_VENV) $(GPU_VENV) .tools .work .demo .bench
 
 $(GPU_VENV)/.done: pyproject.toml requirements/constraints.txt
 	$(PYTHON) -m venv $(GPU_VENV)
