@@ -36,3 +36,26 @@ def test_placeholder_answers_503_model_loading_until_ready_even_while_the_caller
     except OSError:
         refused = True
     assert refused and "server" not in vllm_launch._placeholder  # ready() stopped it
+
+
+def test_the_placeholder_stops_when_vllms_app_reports_its_startup_complete():
+    import asyncio
+
+    from modelyard.runtime.engines import vllm_middleware
+
+    calls, sent = [], []
+
+    async def app(scope, receive, send):  # an ASGI app's lifespan, as Starlette runs it
+        await send({"type": "lifespan.startup.begin-work"})
+        calls.append(("before", list(vllm_middleware.ON_READY)))
+        await send({"type": "lifespan.startup.complete"})
+
+    async def send(message):
+        sent.append(message["type"])
+
+    vllm_middleware.ON_READY.append(lambda: calls.append("ready"))
+    wrapped = vllm_middleware.ModelyardMiddleware(app, {"served_model_name": "m"})
+    asyncio.run(wrapped({"type": "lifespan"}, None, send))
+    assert calls[0][0] == "before" and len(calls[0][1]) == 1  # not stopped while vLLM starts up
+    assert calls[1:] == ["ready"] and not vllm_middleware.ON_READY
+    assert sent == ["lifespan.startup.begin-work", "lifespan.startup.complete"]

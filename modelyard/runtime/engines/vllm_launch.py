@@ -4,9 +4,9 @@
 vLLM binds its port before loading the engine but only listens once the model is loaded, so
 until then clients (and Kubernetes probes) get "connection refused". Here the bound socket
 listens at once and a tiny placeholder answers every request with 503 ``model_loading`` in
-OpenAI's error shape; when vLLM's HTTP server answers its first request, the middleware calls
-``ready()`` through ``vllm_middleware.ON_READY`` and the placeholder stops (both accept on the
-socket until then, so no request is left unanswered at the handover). The placeholder runs in
+OpenAI's error shape; when vLLM's app reports its startup complete (the moment uvicorn starts
+accepting), the middleware calls ``ready()`` through ``vllm_middleware.ON_READY`` and the
+placeholder stops; connections it already accepted still get their 503. The placeholder runs in
 its own thread with its own event loop: vLLM blocks its loop while the engine core starts
 (about a minute on a small CPU machine), and a placeholder on that loop would leave requests
 hanging instead. If vLLM's internals this relies on move, the launcher falls back to vLLM's own

@@ -23,7 +23,23 @@ import time
 from modelyard.runtime.metrics import CONTENT_TYPE, ServingMetrics
 
 ENV = "MODELYARD_VLLM"
-ON_READY: list = []  # called at vLLM's first HTTP request: its server accepts (vllm_launch stops its 503)
+ON_READY: list = []  # called once vLLM's server accepts requests (vllm_launch stops its 503 placeholder)
+
+
+def _ready() -> None:
+    while ON_READY:
+        ON_READY.pop()()
+
+
+def _ready_after_startup(send):
+    """uvicorn starts accepting right after the app's ``lifespan.startup.complete``: not earlier
+    (vLLM's startup would leave requests waiting unanswered), not at the first request (the
+    placeholder, idle in its own thread, would win every accept race and answer 503 forever)."""
+    async def wrapped(message) -> None:
+        await send(message)
+        if message.get("type") == "lifespan.startup.complete":
+            _ready()
+    return wrapped
 _ENDPOINTS = {"/v1/completions": "completions", "/v1/chat/completions": "chat_completions"}
 
 
@@ -175,10 +191,11 @@ class ModelyardMiddleware:
         return model if model == self.name or model in self.adapters else "unknown"
 
     async def __call__(self, scope, receive, send):
+        if scope["type"] == "lifespan":
+            return await self.app(scope, receive, _ready_after_startup(send))
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        while ON_READY:  # vLLM's server is accepting: the placeholder may stop (not earlier: in between
-            ON_READY.pop()()  # lifespan startup and uvicorn's accept loop, requests would hang)
+        _ready()  # without a lifespan: the first request shows vLLM's server accepts
         path, method = scope["path"], scope["method"]
         if method == "POST" and path in _ENDPOINTS:
             return await self._generate(scope, receive, send, _ENDPOINTS[path])
