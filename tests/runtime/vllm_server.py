@@ -46,14 +46,14 @@ class VllmServer:
             if self.proc.poll() is not None:
                 raise AssertionError(f"modelyard serve exited with {self.proc.returncode}:\n{self.tail()}")
             try:
-                r = httpx.get(f"{self.url}/health", timeout=2)
+                r = httpx.get(f"{self.url}/health", timeout=10)
                 self.health.append(r.status_code)
                 if r.status_code == 503 and self.loading_body is None:
                     self.loading_body = r.json()
                 if r.status_code == 200:
                     return self
             except httpx.TimeoutException:
-                self.health.append(-1)  # accepted but no answer in 2 s: nothing serves the port
+                self.health.append(-1)  # accepted but no answer in 10 s: nothing serves the port
             except httpx.TransportError:
                 self.health.append(0)  # refused: vLLM is still importing
             time.sleep(0.1)
