@@ -70,7 +70,7 @@ def _download(model: Model, obs: ob.Observed, settings: Settings, sb: StatusBuil
     """Returns (phase or None when done, the download's result)."""
     desired = build_download_job(model, settings, gpu_memory)
     if not _ensure(d, desired, obs.download_job):
-        sb.condition("Downloaded", False, "Downloading", f"downloading {model.spec.source.uri}")
+        sb.condition("Downloaded", False, "Downloading", f"downloading {model.spec.source.described()}")
         sb.set("progress", None)
         return "Downloading", None
     state = ob.job_state(obs.download_job)
@@ -88,7 +88,7 @@ def _download(model: Model, obs: ob.Observed, settings: Settings, sb: StatusBuil
         where = f" (adapter {init['container'][len('adapter-'):]})" if init else ""
         return _fail(sb, "Downloaded", err.get("reason") or "DownloadFailed", f"{err.get('message', '')}{where}"), None
     if state == "running":
-        sb.condition("Downloaded", False, "Downloading", f"downloading {model.spec.source.uri}")
+        sb.condition("Downloaded", False, "Downloading", f"downloading {model.spec.source.described()}")
         sb.set("progress", ob.progress_status("download", ob.last_progress(obs.download_log)))
         return "Downloading", None
     sb.set("progress", None)
@@ -235,9 +235,18 @@ def decide(model: Model, previous_status: dict | None, obs: ob.Observed, setting
     return d
 
 
+def _local_uris(model: Model) -> list[str]:
+    """Fields holding a file:// URI, which only local mode can read."""
+    where = [("spec.source.uri", model.spec.source.uri)]
+    where += [(f"spec.adapters[{i}].uri", a.uri) for i, a in enumerate(model.spec.adapters)]
+    return [field for field, uri in where if (uri or "").startswith("file://")]
+
+
 def _decide(model, obs, settings, sb, d, gpu_memory) -> str:
-    if model.spec.source.uri.startswith("file://"):
-        return _fail(sb, "Downloaded", "InvalidSource", "file:// sources only work in local mode (`modelyard up`); in a cluster use pvc://, s3://, hf:// or http(s)://")
+    local = _local_uris(model)
+    if local:
+        return _fail(sb, "Downloaded", "InvalidSource", f"{local[0]}: file:// URIs only work in local mode (`modelyard up`); "
+                     "in a cluster use pvc://, s3://, hf:// or http(s)://")
     pvc = build_cache_pvc(model, settings)
     if pvc is not None and obs.pvc is None:
         d.actions.append(Action("create", pvc))

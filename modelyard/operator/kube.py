@@ -13,6 +13,7 @@ import kubernetes
 from kubernetes.client.rest import ApiException
 
 from modelyard.api import GROUP, PLURAL, VERSION
+from modelyard.uri import scrub
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ class Kube:
                                "namespace": m["namespace"], "uid": m.get("uid"), "resourceVersion": m.get("resourceVersion")},
             "type": type_,
             "reason": reason,
-            "message": message[:1024],
+            "message": scrub(message)[:1024],
             "source": {"component": "modelyard-operator"},
             "reportingComponent": "modelyard.io/operator",
             "reportingInstance": "modelyard-operator",

@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from modelyard.uri import scrub
 from modelyard.runtime.errors import DownloadError
 from modelyard.runtime.progress import Progress, human_bytes
 from modelyard.runtime.sources import RemoteFile, open_source, redact
@@ -318,6 +319,7 @@ def _names(files: list[RemoteFile], limit: int = 8) -> str:
 
 
 def log(stream, message: str) -> None:
+    message = scrub(message)
     if getattr(stream, "isatty", lambda: False)():
         stream.write("\r\033[K" + message + "\n")  # over a half-drawn progress bar
     else:

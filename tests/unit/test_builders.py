@@ -173,3 +173,14 @@ def test_adapters_configmap_changes_without_rolling_the_deployment():
     merged = model(adapters=[{"name": "sql", "uri": "hf://someone/sql-lora", "merge": True}])
     assert build_adapters_configmap(merged) is None
     assert "--adapters-file" not in build_deployment(merged, SETTINGS, PLAN, "/cache/x")["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+def test_download_job_reads_a_uri_from_a_secret_never_from_its_args():
+    m = model(source={"uriFrom": {"secretKeyRef": {"name": "presigned", "key": "url"}}},
+              adapters=[{"name": "sql", "uriFrom": {"secretKeyRef": {"name": "presigned", "key": "adapter"}}}])
+    pod = build_download_job(m, SETTINGS)["spec"]["template"]["spec"]
+    for container, key in [(pod["containers"][0], "url"), (pod["initContainers"][0], "adapter")]:
+        assert container["args"][:3] == ["download", "--source-env", "MODELYARD_SOURCE_URI"]
+        assert {"name": "MODELYARD_SOURCE_URI", "valueFrom": {"secretKeyRef": {"name": "presigned", "key": key}}} in container["env"]
+    # the cache key names the Secret's key: two Models reading the same Secret key share the bytes
+    assert pod["containers"][0]["args"][4] == source_dir("secret:presigned/url")
