@@ -90,6 +90,7 @@ def _download(model: Model, obs: ob.Observed, settings: Settings, sb: StatusBuil
     if state == "running":
         sb.condition("Downloaded", False, "Downloading", f"downloading {model.spec.source.described()}")
         sb.set("progress", ob.progress_status("download", ob.last_progress(obs.download_log)))
+        _waiting(sb, pods, "download")
         return "Downloading", None
     sb.set("progress", None)
     revision = result.get("resolvedRevision")
@@ -152,6 +153,7 @@ def _convert(model: Model, obs: ob.Observed, settings: Settings, sb: StatusBuild
         err = (ob.termination_message(ob.owned_pods(obs.convert_job, obs.convert_pods), "convert") or {}).get("error") or {}
         return _fail(sb, "Converted", err.get("reason") or "ConvertFailed", err.get("message") or "the convert Job failed; see its pod logs"), None
     if state == "running":
+        _waiting(sb, ob.owned_pods(obs.convert_job, obs.convert_pods), "convert")
         sb.condition("Converted", False, "Converting", _describe(recipe))
         sb.set("progress", ob.progress_status("convert", ob.last_progress(obs.convert_log)))
         return "Converting", None
@@ -197,7 +199,15 @@ def _deploy(model: Model, obs: ob.Observed, settings: Settings, sb: StatusBuilde
         sb.condition("Ready", True, "Ready", f"{ready}/{model.spec.replicas} replicas serving at {endpoint(model)}{_adapters(model, obs, sb, d, ready)}")
         return "Ready"
     sb.condition("Ready", False, "Deploying", f"{ready}/{model.spec.replicas} replicas ready; waiting for the model to load")
+    _waiting(sb, obs.server_pods, "serving")
     return "Deploying"
+
+
+def _waiting(sb: StatusBuilder, pods: list[dict], step: str) -> None:
+    """A pod that cannot start (missing Secret, image pull, unschedulable, unbound claim) says why."""
+    stuck = ob.pod_wait(pods)
+    if stuck:
+        sb.condition("Degraded", True, stuck["reason"], f"the {step} pod is not running: {stuck['message']}")
 
 
 def _adapters(model: Model, obs: ob.Observed, sb: StatusBuilder, d: Decision, ready: int) -> str:

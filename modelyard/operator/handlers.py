@@ -12,6 +12,7 @@ from modelyard.operator.cache import Cache
 from modelyard.operator.config import load_settings
 from modelyard.operator.kube import Kube
 from modelyard.operator.reconcile import Reconciler
+from modelyard.operator.resources.common import INSTANCE_LABEL
 
 CHILD_LABELS = {"app.kubernetes.io/name": "modelyard"}
 _reconciler: Reconciler | None = None
@@ -116,6 +117,8 @@ def configmap_event(type: str, body, **_) -> None:
 
 
 @kopf.on.event("", "v1", "pods", labels=CHILD_LABELS)
-def pod_event(type: str, body, **_) -> None:
-    """Pods of our Jobs (termination messages) and servers (adapter probes)."""
-    _remember("Pod", type, body)
+def pod_event(type: str, body, namespace: str, **_) -> None:
+    """Pods of our Jobs (termination messages, why they wait) and servers (crashes, adapter probes)."""
+    model = ((body.get("metadata") or {}).get("labels") or {}).get(INSTANCE_LABEL)
+    if _remember("Pod", type, body) and model:
+        reconciler().reconcile(namespace, model)

@@ -148,3 +148,28 @@ def server_failure(pods: list[dict]) -> dict | None:
                     "message": f"{err.get('message') or term.get('message') or 'exit code ' + str(term['exitCode'])}"
                                f" (pod {pod['metadata']['name']}, {restarts} restarts)"}
     return None
+
+
+# Waiting reasons of a container that will not start without someone acting (not ContainerCreating).
+STUCK_WAITING = {"CreateContainerConfigError", "CreateContainerError", "ImagePullBackOff", "ErrImagePull",
+                 "InvalidImageName", "ErrImageNeverPull", "RunContainerError", "PreCreateHookError"}
+
+
+def pod_wait(pods: list[dict]) -> dict | None:
+    """Why a step's pod does not run, in the kubelet's or scheduler's own words:
+    {"reason": "ImagePullBackOff", "message": "...(pod x, container y)"}, or None."""
+    for pod in pods:
+        status = pod.get("status") or {}
+        name = (pod.get("metadata") or {}).get("name")
+        for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in STUCK_WAITING:
+                text = waiting.get("message") or "the container cannot start"
+                return {"reason": waiting["reason"], "message": f"{waiting['reason']}: {text} (pod {name}, container {cs.get('name')})"}
+        if status.get("phase") not in (None, "Pending"):
+            continue
+        for cond in status.get("conditions") or []:
+            if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and cond.get("reason"):
+                text = cond.get("message") or "no node fits the pod"
+                return {"reason": cond["reason"], "message": f"{cond['reason']}: {text} (pod {name})"}
+    return None
