@@ -5,6 +5,7 @@ Level-based: it looks only at what exists now, never at which handler fired. The
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from modelyard.api import Model
@@ -46,10 +47,18 @@ class Decision:
     status: dict = field(default_factory=dict)
     events: list[dict] = field(default_factory=list)  # {type, reason, message}
     retry_after: float | None = None  # seconds: waiting on a child
+    blocked: set[tuple[str, str]] = field(default_factory=set)  # (kind, name) of objects we do not control
 
 
 def _ensure(decision: Decision, desired: dict, existing: dict | None) -> bool:
-    """Create or replace a child so it matches ``desired``; True when it already does."""
+    """Create or replace a child so it matches ``desired``; True when it already does.
+    An object with that name that this Model does not control is never touched."""
+    if (desired["kind"], desired["metadata"]["name"]) in decision.blocked:
+        return False
+    return _ensure_owned(decision, desired, existing)
+
+
+def _ensure_owned(decision: Decision, desired: dict, existing: dict | None) -> bool:
     if existing is None:
         decision.actions.append(Action("create", desired))
         return False
@@ -229,7 +238,15 @@ def _adapters(model: Model, obs: ob.Observed, sb: StatusBuilder, d: Decision, re
 def decide(model: Model, previous_status: dict | None, obs: ob.Observed, settings: Settings, gpu_memory: str | None = None) -> Decision:
     d = Decision()
     sb = StatusBuilder(previous_status, model.metadata.generation)
+    foreign = ob.foreign_children(obs, model.metadata.uid)
+    if foreign:  # decide as if they were missing, but never create, replace or delete them
+        obs = dataclasses.replace(obs, **{attr: None for attr in foreign})
+        d.blocked = {tuple(desc.split(" ", 2)[:2]) for desc in foreign.values()}
     phase = _decide(model, obs, settings, sb, d, gpu_memory)
+    if foreign:
+        message = "; ".join(sorted(foreign.values()))
+        sb.condition("Degraded", True, "NameConflict", f"{message} already exists: modelyard changes only objects this "
+                     "Model controls; delete or rename it")
     if "Degraded" not in sb.touched:
         sb.condition("Degraded", False, "AsExpected", "no problems")
     if sb.get("Ready") is None:
@@ -258,7 +275,7 @@ def _decide(model, obs, settings, sb, d, gpu_memory) -> str:
         return _fail(sb, "Downloaded", "InvalidSource", f"{local[0]}: file:// URIs only work in local mode (`modelyard up`); "
                      "in a cluster use pvc://, s3://, hf:// or http(s)://")
     pvc = build_cache_pvc(model, settings)
-    if pvc is not None and obs.pvc is None:
+    if pvc is not None and obs.pvc is None and ("PersistentVolumeClaim", pvc["metadata"]["name"]) not in d.blocked:
         d.actions.append(Action("create", pvc))
     if model.spec.replicas > 1 and model.spec.cache.access_mode == "ReadWriteOnce" and model.spec.gpus:
         sb.condition("Degraded", True, "CacheNotShared", "replicas > 1 on different nodes need spec.cache.accessMode ReadWriteMany (or ReadOnlyMany)")

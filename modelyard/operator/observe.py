@@ -173,3 +173,27 @@ def pod_wait(pods: list[dict]) -> dict | None:
                 text = cond.get("message") or "no node fits the pod"
                 return {"reason": cond["reason"], "message": f"{cond['reason']}: {text} (pod {name})"}
     return None
+
+
+CHILD_FIELDS = {"pvc": "PersistentVolumeClaim", "download_job": "Job", "convert_job": "Job", "deployment": "Deployment",
+                "service": "Service", "adapters_configmap": "ConfigMap"}
+
+
+def controlled_by(obj: dict, uid: str | None) -> bool:
+    """Whether ``obj``'s controller owner is the object with this uid."""
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return any(r.get("controller") and r.get("uid") == uid for r in refs)
+
+
+def foreign_children(obs: Observed, uid: str | None) -> dict[str, str]:
+    """Children with our names that this Model does not control: field -> "Kind name (owner)"."""
+    if not uid:
+        return {}
+    out = {}
+    for attr, kind in CHILD_FIELDS.items():
+        obj = getattr(obs, attr)
+        if obj is not None and not controlled_by(obj, uid):
+            refs = [r for r in (obj.get("metadata") or {}).get("ownerReferences") or [] if r.get("controller")]
+            owner = f"controlled by {refs[0].get('kind')} {refs[0].get('name')}" if refs else "not created by this Model"
+            out[attr] = f"{kind} {obj['metadata']['name']} ({owner})"
+    return out

@@ -11,7 +11,7 @@ from modelyard.operator import metrics
 from modelyard.operator.decide import Action, Decision, decide
 from modelyard.operator.cache import Cache
 from modelyard.operator.kube import Kube
-from modelyard.operator.observe import Observed, job_state, owned_pods, termination_message
+from modelyard.operator.observe import CHILD_FIELDS, Observed, foreign_children, job_state, owned_pods, termination_message
 from modelyard.operator.resources import Settings
 from modelyard.operator import probe
 from modelyard.operator.resources import served_adapters
@@ -92,9 +92,25 @@ class Reconciler:
             obs.server_pods = self._list("Pod", ns, {INSTANCE_LABEL: name, COMPONENT_LABEL: "server"})
             if served_adapters(model):
                 obs.adapter_pods = probe.adapters_loaded(obs.server_pods, model.spec.serving.port)
+        self._refresh_foreign(obs, model.metadata.uid)
         obs.download_pods, obs.download_log = self._pods_and_log(ns, obs.download_job, "download")
         obs.convert_pods, obs.convert_log = self._pods_and_log(ns, obs.convert_job, "convert")
         return obs
+
+    def _refresh_foreign(self, obs: Observed, uid: str | None) -> None:
+        """Objects with our names that we do not control may carry no label of ours, so no watch
+        tells us when they go: read them from the API on every pass while they block us."""
+        if not self.cache:
+            return
+        for attr in foreign_children(obs, uid):
+            held = getattr(obs, attr)
+            kind, meta = CHILD_FIELDS[attr], held["metadata"]
+            fresh = self.kube.get(kind, meta["namespace"], meta["name"])
+            if fresh is None:
+                self.cache.forget(kind, held)
+            else:
+                self.cache.put(kind, fresh)
+            setattr(obs, attr, fresh)
 
     def _converted_on_claim(self, model) -> dict[str, str]:
         """Outputs other Models on the same shared claim have converted (their Converted=True)."""
