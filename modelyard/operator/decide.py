@@ -65,6 +65,9 @@ def _ensure_owned(decision: Decision, desired: dict, existing: dict | None) -> b
     if ob.spec_hash(existing) != ob.spec_hash(desired):
         decision.actions.append(Action("delete" if desired["kind"] == "Job" else "replace", desired))
         return False
+    if ob.drifted(desired, existing):  # edited by hand: put back what the Model says
+        decision.actions.append(Action("replace", desired))
+        return False
     return True
 
 

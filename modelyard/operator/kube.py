@@ -26,6 +26,7 @@ PATHS = {
     "PersistentVolumeClaim": ("/api/v1", "persistentvolumeclaims"),
     "Pod": ("/api/v1", "pods"),
     "Event": ("/api/v1", "events"),
+    "KopfPeering": ("/apis/kopf.dev/v1", "kopfpeerings"),
 }
 
 
@@ -65,6 +66,14 @@ class Kube:
     def get(self, kind: str, namespace: str, name: str) -> dict | None:
         try:
             return self._call("GET", self._path(kind, namespace, name))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def get_cluster_peering(self, name: str) -> dict | None:
+        try:
+            return self._call("GET", f"/apis/kopf.dev/v1/clusterkopfpeerings/{name}")
         except ApiException as exc:
             if exc.status == 404:
                 return None

@@ -192,8 +192,34 @@ def foreign_children(obs: Observed, uid: str | None) -> dict[str, str]:
     out = {}
     for attr, kind in CHILD_FIELDS.items():
         obj = getattr(obs, attr)
-        if obj is not None and not controlled_by(obj, uid):
+        if obj and obj.get("metadata") and not controlled_by(obj, uid):
             refs = [r for r in (obj.get("metadata") or {}).get("ownerReferences") or [] if r.get("controller")]
             owner = f"controlled by {refs[0].get('kind')} {refs[0].get('name')}" if refs else "not created by this Model"
             out[attr] = f"{kind} {obj['metadata']['name']} ({owner})"
     return out
+
+
+# What modelyard sets on a child and puts back when someone edits it (replicas are scaled apart).
+DRIFT_PATHS = {"Deployment": (("spec", "template"), ("spec", "selector")), "Service": (("spec", "selector"), ("spec", "ports")),
+               "ConfigMap": (("data",),), "PersistentVolumeClaim": ()}
+
+
+def _covers(have, want) -> bool:
+    """``have`` holds everything ``want`` sets (the server may add defaults around it)."""
+    if isinstance(want, dict):
+        return isinstance(have, dict) and all(_covers(have.get(k), v) for k, v in want.items())
+    if isinstance(want, list):
+        return isinstance(have, list) and len(have) == len(want) and all(_covers(h, w) for h, w in zip(have, want))
+    return have == want or (want is not None and str(have) == str(want) and not isinstance(want, bool))
+
+
+def drifted(desired: dict, existing: dict) -> bool:
+    """Someone edited the fields modelyard owns (same spec-hash annotation, different content)."""
+    for path in DRIFT_PATHS.get(desired["kind"], ()):
+        want, have = desired, existing
+        for key in path:
+            want, have = (want or {}).get(key), (have or {}).get(key)
+        exact = path[-1] == "selector"  # an extra selector key changes what it selects
+        if want is not None and not (have == want if exact else _covers(have, want)):
+            return True
+    return False
