@@ -83,6 +83,19 @@ STATUS = {
             "description": "The conversion recipe and where its output lives.",
             "x-kubernetes-preserve-unknown-fields": True,
         },
+        "retry": {
+            "type": "object",
+            "description": "Bounded retry of a failed step (annotate modelyard.io/retry=<new value> to retry at once).",
+            "properties": {
+                "step": {"type": "string", "description": "download or convert."},
+                "failures": {"type": "integer", "description": "Failed runs of the step at this generation."},
+                "maxAttempts": {"type": "integer", "description": "Runs before the operator gives up."},
+                "nextRetryAt": {"type": "string", "nullable": True, "description": "When the next run starts (none: no retry by itself)."},
+                "generation": {"type": "integer", "description": "metadata.generation the failures belong to."},
+                "jobUid": {"type": "string", "description": "uid of the Job whose failure was counted last."},
+                "handled": {"type": "string", "nullable": True, "description": "The last modelyard.io/retry value acted on."},
+            },
+        },
         "replicas": {"type": "integer", "description": "Serving replicas that exist."},
         "readyReplicas": {"type": "integer", "description": "Serving replicas that are ready."},
         "adapters": {

@@ -272,6 +272,7 @@ class ModelMeta(_Base):
     namespace: str | None = Field(None, description="Namespace.", pattern=DNS_LABEL, max_length=63)
     uid: str | None = Field(None, description="Set by the API server; children's ownerReferences point at it.")
     generation: int | None = Field(None, description="Set by the API server; bumped on every spec change.")
+    annotations: dict[str, str] = Field(default_factory=dict, description="Annotations (modelyard.io/retry retries a failed step at once).")
 
 
 class Model(_Base):

@@ -6,10 +6,12 @@ Level-based: it looks only at what exists now, never at which handler fired. The
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 from dataclasses import dataclass, field
 
 from modelyard.api import Model
 from modelyard.operator import observe as ob
+from modelyard.operator import retry
 from modelyard.operator.resources import (
     Settings,
     base_dir,
@@ -47,7 +49,8 @@ class Decision:
     status: dict = field(default_factory=dict)
     events: list[dict] = field(default_factory=list)  # {type, reason, message}
     retry_after: float | None = None  # seconds: waiting on a child
-    blocked: set[tuple[str, str]] = field(default_factory=set)  # (kind, name) of objects we do not control
+    blocked: set[tuple[str, str]] = field(default_factory=set)
+    now: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))  # retries are due against it  # (kind, name) of objects we do not control
 
 
 def _ensure(decision: Decision, desired: dict, existing: dict | None) -> bool:
@@ -80,7 +83,7 @@ def _fail(sb: StatusBuilder, cond: str, reason: str, message: str) -> str:
 
 def _download(model: Model, obs: ob.Observed, settings: Settings, sb: StatusBuilder, d: Decision, gpu_memory: str | None):
     """Returns (phase or None when done, the download's result)."""
-    desired = build_download_job(model, settings, gpu_memory)
+    desired = build_download_job(model, settings, gpu_memory, (sb.previous.get("plan") or {}).get("weightBytes"))
     if not _ensure(d, desired, obs.download_job):
         sb.condition("Downloaded", False, "Downloading", f"downloading {model.spec.source.described()}")
         sb.set("progress", None)
@@ -92,19 +95,23 @@ def _download(model: Model, obs: ob.Observed, settings: Settings, sb: StatusBuil
         sb.set("plan", _plan_status(result["plan"]))
     if state == "failed":
         init = ob.failed_init(pods)
-        err = init or result.get("error") or {"reason": "DownloadFailed", "message": "the download Job failed; see its pod logs"}
+        err = init or result.get("error") or ob.job_failure(obs.download_job) or \
+            {"reason": "DownloadFailed", "message": "the download Job failed; see its pod logs"}
         if err.get("reason") == "DoesNotFit":
             plan = result.get("plan") or {}
             sb.condition("Downloaded", False, "DoesNotFit", "no weights were downloaded: the model does not fit")
-            return _fail(sb, "Planned", "DoesNotFit", plan.get("reason") or err.get("message", "")), None
+            return _failed_step(model, settings, sb, d, obs.download_job, "Planned", "DoesNotFit",
+                                plan.get("reason") or err.get("message", "")), None
         where = f" (adapter {init['container'][len('adapter-'):]})" if init else ""
-        return _fail(sb, "Downloaded", err.get("reason") or "DownloadFailed", f"{err.get('message', '')}{where}"), None
+        return _failed_step(model, settings, sb, d, obs.download_job, "Downloaded", err.get("reason") or "DownloadFailed",
+                            f"{err.get('message', '')}{where}"), None
     if state == "running":
         sb.condition("Downloaded", False, "Downloading", f"downloading {model.spec.source.described()}")
         sb.set("progress", ob.progress_status("download", ob.last_progress(obs.download_log)))
         _waiting(sb, pods, "download")
         return "Downloading", None
     sb.set("progress", None)
+    _succeeded(sb, "download")
     revision = result.get("resolvedRevision")
     source = {"cacheKey": base_dir(model).rsplit("/", 1)[-1], "resolvedRevision": revision, "format": result.get("format")}
     sb.set("source", {k: v for k, v in source.items() if v})
@@ -118,6 +125,26 @@ def _download(model: Model, obs: ob.Observed, settings: Settings, sb: StatusBuil
     else:
         sb.condition("Planned", False, "DoesNotFit", f"{plan.get('reason', '')} (planner.enforce is false: deploying anyway)")
     return None, result
+
+
+def _failed_step(model: Model, settings: Settings, sb: StatusBuilder, d: Decision, job: dict, cond: str, reason: str, message: str) -> str:
+    """A failed step Job: Failed with its reason, and a bounded retry (status.retry) or the annotation's."""
+    policy = retry.Policy(settings.retry_max_attempts, settings.retry_base_seconds, settings.retry_max_seconds)
+    step = job["metadata"]["name"].rsplit("-", 1)[-1]
+    verdict = retry.on_failure(sb.previous.get("retry"), step, model.metadata.generation, job["metadata"].get("uid"), reason,
+                               model.metadata.annotations.get(retry.RETRY_ANNOTATION), policy, d.now)
+    sb.set("retry", {k: v for k, v in verdict.status.items() if v is not None})
+    if verdict.delete_job:
+        d.actions.append(Action("delete", job))
+        d.events.append({"type": "Normal", "reason": "Retrying", "message": f"{step} failed ({reason}){verdict.message}"})
+    if verdict.wait:
+        d.retry_after = min(d.retry_after or verdict.wait, verdict.wait)
+    return _fail(sb, cond, reason, message + verdict.message)
+
+
+def _succeeded(sb: StatusBuilder, step: str) -> None:
+    if (sb.previous.get("retry") or {}).get("step") == step:
+        sb.set("retry", None)
 
 
 def _remembered(sb: StatusBuilder, state: str) -> dict:
@@ -156,20 +183,23 @@ def _convert(model: Model, obs: ob.Observed, settings: Settings, sb: StatusBuild
         # Same bytes, same recipe, on the same shared cache: another Model already converted it.
         sb.condition("Converted", True, "Reused", f"{_describe(recipe)}: reusing {output}, converted for Model {obs.converted_elsewhere[output]}")
         return None, output
-    desired = build_convert_job(model, settings, recipe, output)
+    desired = build_convert_job(model, settings, recipe, output, plan.get("weightBytes"))
     if not _ensure(d, desired, obs.convert_job):
         sb.condition("Converted", False, "Converting", f"Convert Job started: {_describe(recipe)}")
         return "Converting", None
     state = ob.job_state(obs.convert_job)
     if state == "failed":
-        err = (ob.termination_message(ob.owned_pods(obs.convert_job, obs.convert_pods), "convert") or {}).get("error") or {}
-        return _fail(sb, "Converted", err.get("reason") or "ConvertFailed", err.get("message") or "the convert Job failed; see its pod logs"), None
+        err = (ob.termination_message(ob.owned_pods(obs.convert_job, obs.convert_pods), "convert") or {}).get("error") \
+            or ob.job_failure(obs.convert_job) or {}
+        return _failed_step(model, settings, sb, d, obs.convert_job, "Converted", err.get("reason") or "ConvertFailed",
+                            err.get("message") or "the convert Job failed; see its pod logs"), None
     if state == "running":
         _waiting(sb, ob.owned_pods(obs.convert_job, obs.convert_pods), "convert")
         sb.condition("Converted", False, "Converting", _describe(recipe))
         sb.set("progress", ob.progress_status("convert", ob.last_progress(obs.convert_log)))
         return "Converting", None
     sb.set("progress", None)
+    _succeeded(sb, "convert")
     sb.condition("Converted", True, "Converted", _describe(recipe))
     return None, output
 
@@ -238,8 +268,9 @@ def _adapters(model: Model, obs: ob.Observed, sb: StatusBuilder, d: Decision, re
     return ""
 
 
-def decide(model: Model, previous_status: dict | None, obs: ob.Observed, settings: Settings, gpu_memory: str | None = None) -> Decision:
-    d = Decision()
+def decide(model: Model, previous_status: dict | None, obs: ob.Observed, settings: Settings, gpu_memory: str | None = None,
+           now: dt.datetime | None = None) -> Decision:
+    d = Decision(now=now) if now else Decision()
     sb = StatusBuilder(previous_status, model.metadata.generation)
     foreign = ob.foreign_children(obs, model.metadata.uid)
     if foreign:  # decide as if they were missing, but never create, replace or delete them

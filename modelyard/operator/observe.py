@@ -50,6 +50,16 @@ def job_state(job: dict | None) -> str:
     return "running"
 
 
+def job_failure(job: dict | None) -> dict | None:
+    """The Job controller's own reason when it failed the Job (e.g. its deadline passed)."""
+    for cond in ((job or {}).get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Failed" and cond.get("status") == "True" and cond.get("reason") == "DeadlineExceeded":
+            limit = ((job or {}).get("spec") or {}).get("activeDeadlineSeconds")
+            return {"reason": "DeadlineExceeded", "message": f"the step ran longer than its deadline of {limit} s "
+                    "(its weights at the floor throughput): a stalled transfer or a slow volume"}
+    return None
+
+
 def owned_pods(job: dict | None, pods: list[dict]) -> list[dict]:
     """Pods of this Job (not of an earlier Job with the same name), newest first."""
     if not job:

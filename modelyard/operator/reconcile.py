@@ -204,11 +204,13 @@ class Reconciler:
         self._report(body, decision)
 
 
-def _merge_patch(old: dict, new: dict) -> dict:
-    """A JSON merge patch from old to new status: removed keys become null."""
+def _merge_patch(old: dict, new: dict, top: bool = True) -> dict:
+    """A JSON merge patch from old to new status: removed keys (at any depth) become null."""
     patch = dict(new)
-    for key in old:
-        if key not in new and key != "kopf":
+    for key, value in old.items():
+        if key not in new and not (top and key == "kopf"):
             patch[key] = None
+        elif isinstance(value, dict) and isinstance(new.get(key), dict):
+            patch[key] = _merge_patch(value, new[key], top=False)
     return patch
 

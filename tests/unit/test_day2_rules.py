@@ -47,3 +47,32 @@ def test_foreign_children_name_their_controller():
         {"kind": "Model", "name": "other", "uid": "u2", "controller": True}]}},
         service={"metadata": {"name": "m", "ownerReferences": [{"kind": "Model", "name": "m", "uid": "u1", "controller": True}]}})
     assert ob.foreign_children(obs, "u1") == {"deployment": "Deployment m (controlled by Model other)"}
+
+
+def test_retry_backoff_is_bounded_and_the_annotation_retries_at_once():
+    from modelyard.operator.retry import Policy, on_failure
+
+    policy = Policy(max_attempts=3, base_seconds=30, max_seconds=45)
+    v1 = on_failure(None, "download", 1, "j1", "ConnectionDropped", None, policy, NOW)
+    assert (v1.delete_job, v1.wait, v1.status["failures"]) == (False, 30, 1) and v1.status["nextRetryAt"] == "2026-01-01T12:00:30Z"
+    later = NOW + dt.timedelta(seconds=31)
+    assert on_failure(v1.status, "download", 1, "j1", "ConnectionDropped", None, policy, later).delete_job
+    v2 = on_failure(v1.status, "download", 1, "j2", "ConnectionDropped", None, policy, later)
+    assert v2.wait == 45 and v2.status["failures"] == 2  # 60 s capped at 45
+    v3 = on_failure(v2.status, "download", 1, "j3", "ConnectionDropped", None, policy, later)
+    assert v3.final and not v3.delete_job and "gave up after 3 attempts" in v3.message
+    v4 = on_failure(v3.status, "download", 1, "j3", "ConnectionDropped", "again", policy, later)
+    assert v4.delete_job and v4.status["failures"] == 0 and v4.status["handled"] == "again"
+    assert not on_failure(v4.status, "download", 1, "j4", "ConnectionDropped", "again", policy, later).delete_job  # handled once
+
+
+def test_step_jobs_have_a_deadline_from_the_weights():
+    from modelyard.api import parse_model
+    from modelyard.operator.resources import Settings, build_download_job
+
+    m = parse_model({"apiVersion": "modelyard.io/v1alpha1", "kind": "Model", "metadata": {"name": "m"},
+                     "spec": {"source": {"uri": "hf://o/r"}}})
+    s = Settings()
+    assert build_download_job(m, s)["spec"]["activeDeadlineSeconds"] == 86400
+    # 10 GiB at the 10 MiB/s floor = 1024 s, plus the 900 s allowance
+    assert build_download_job(m, s, weight_bytes=10 * 2**30)["spec"]["activeDeadlineSeconds"] == 1924

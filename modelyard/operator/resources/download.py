@@ -10,6 +10,7 @@ from modelyard.operator.resources.common import (
     cache_mount,
     cache_volume,
     container_security,
+    deadline_seconds,
     digest,
     env_from_secret,
     metadata,
@@ -113,7 +114,7 @@ def _download_container(name: str, image: str, settings: Settings, where, dest: 
     }
 
 
-def build_download_job(model: Model, settings: Settings, gpu_memory: str | None = None) -> dict:
+def build_download_job(model: Model, settings: Settings, gpu_memory: str | None = None, weight_bytes: int | None = None) -> dict:
     """Fetch config.json, plan, then the weights (main container); adapters first (init containers, no plan)."""
     src, image = model.spec.source, settings.images["download"]
     main = _download_container("download", image, settings, src, base_dir(model), src.revision,
@@ -140,6 +141,8 @@ def build_download_job(model: Model, settings: Settings, gpu_memory: str | None 
         "metadata": meta,
         "spec": {
             "backoffLimit": 3,
+            # weight bytes (from an earlier plan) at the floor throughput; the operator retries with backoff
+            "activeDeadlineSeconds": deadline_seconds(weight_bytes, settings.download_floor_mib_s, settings),
             # A model that does not fit fails the Job at once instead of retrying.
             "podFailurePolicy": {"rules": [{"action": "FailJob", "onExitCodes": {"containerName": "download", "operator": "In", "values": [EXIT_DOES_NOT_FIT]}}]},
             "template": {"metadata": {"labels": meta["labels"]}, "spec": pod_spec},
