@@ -87,17 +87,22 @@ class _Peering:
             self.checked = clock
             kube = reconciler().kube
             try:
-                body = (kube.get_cluster_peering(self.settings.name) if self.settings.clusterwide
-                        else kube.get("KopfPeering", _namespace(), self.settings.name))
-                self.paused = peering.paused((body or {}).get("status"), int(self.settings.priority or 0))
+                if self.settings.clusterwide:
+                    bodies = [kube.get_cluster_peering(self.settings.name)]
+                else:
+                    bodies = [kube.get("KopfPeering", ns, self.settings.name) for ns in _namespaces()]
+                priority = int(self.settings.priority or 0)
+                self.paused = any(peering.paused((b or {}).get("status"), priority) for b in bodies)
             except Exception:  # cannot tell: stand by, as kopf does when its peering watch breaks
                 logging.getLogger("modelyard.operator").exception("cannot read the peering object")
                 self.paused = True
         return self.paused
 
 
-def _namespace() -> str:
-    return os.environ.get("POD_NAMESPACE") or "default"
+def _namespaces() -> list[str]:
+    """The watched namespaces (set by `modelyard operator --namespace`); kopf peers in each."""
+    return [n for n in os.environ.get("MODELYARD_WATCH_NAMESPACES", "").split(",") if n] or \
+        [os.environ.get("POD_NAMESPACE") or "default"]
 
 
 async def _resync_loop(peering_settings) -> None:
