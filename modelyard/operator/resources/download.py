@@ -114,6 +114,25 @@ def _download_container(name: str, image: str, settings: Settings, where, dest: 
     }
 
 
+PVC_ROOT = "/mnt/pvc"  # where `modelyard download` looks for pvc://<claim>/... (MODELYARD_PVC_ROOT)
+
+
+def source_claims(model: Model) -> list[str]:
+    """Claims named by pvc:// URIs of the source and the adapters, in order, once each."""
+    uris = [model.spec.source.uri] + [a.uri for a in model.spec.adapters]
+    claims = [u[len("pvc://"):].split("/", 1)[0] for u in uris if u and u.startswith("pvc://")]
+    return list(dict.fromkeys(claims))
+
+
+def _source_volumes(model: Model) -> tuple[list[dict], list[dict]]:
+    """pvc:// sources: each claim mounted read-only at /mnt/pvc/<claim> in the download pod."""
+    volumes, mounts = [], []
+    for i, claim in enumerate(source_claims(model)):
+        volumes.append({"name": f"source-{i}", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+        mounts.append({"name": f"source-{i}", "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": True})
+    return volumes, mounts
+
+
 def build_download_job(model: Model, settings: Settings, gpu_memory: str | None = None, weight_bytes: int | None = None) -> dict:
     """Fetch config.json, plan, then the weights (main container); adapters first (init containers, no plan)."""
     src, image = model.spec.source, settings.images["download"]
@@ -124,6 +143,10 @@ def build_download_job(model: Model, settings: Settings, gpu_memory: str | None 
         for a in model.spec.adapters
     ]
     volumes, _ = scratch_volumes()
+    source_volumes, source_mounts = _source_volumes(model)
+    for container in [main] + inits:
+        container["volumeMounts"] += source_mounts
+    volumes += source_volumes
     pod_spec = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
