@@ -245,11 +245,42 @@ def _finish(req: Request, dest: Path, result: Result) -> Result:
         "totalBytes": result.bytes, "plan": result.plan,
         "completedAt": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
+    # the bytes reach the disk before the manifest says they are complete (a node crash in between
+    # leaves no manifest, so the next run checks and fetches again)
+    _fsync_files(dest, [f.path for f in result.files])
     tmp = dest / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    with open(tmp, "w") as fh:
+        fh.write(json.dumps(manifest, indent=2) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
     os.replace(tmp, dest / MANIFEST)
+    _fsync_dir(dest)
     shutil.rmtree(dest / PARTIAL, ignore_errors=True)
     return result
+
+
+def _fsync_files(dest: Path, paths: list[str]) -> None:
+    dirs = set()
+    for rel in paths:
+        target = dest / rel
+        fd = os.open(target, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        dirs.add(target.parent)
+    for d in dirs:
+        _fsync_dir(d)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on a directory
+        pass
+    finally:
+        os.close(fd)
 
 
 def _already_done(req: Request, dest: Path, stream) -> Result | None:
