@@ -83,6 +83,11 @@ def _fail(sb: StatusBuilder, cond: str, reason: str, message: str) -> str:
 
 def _download(model: Model, obs: ob.Observed, settings: Settings, sb: StatusBuilder, d: Decision, gpu_memory: str | None):
     """Returns (phase or None when done, the download's result)."""
+    other = obs.downloading_elsewhere.get(base_dir(model)) if obs.download_job is None else None
+    if other:  # one download per cache key: the Job starts (and finds the bytes there) once it is done
+        sb.condition("Downloaded", False, "WaitingForSharedDownload", f"Model {other} is downloading the same bytes into "
+                     f"the shared cache {model.spec.cache.claim_name}; this download starts when it is done")
+        return "Downloading", None
     desired = build_download_job(model, settings, gpu_memory, (sb.previous.get("plan") or {}).get("weightBytes"))
     if not _ensure(d, desired, obs.download_job):
         sb.condition("Downloaded", False, "Downloading", f"downloading {model.spec.source.described()}")
@@ -105,6 +110,10 @@ def _download(model: Model, obs: ob.Observed, settings: Settings, sb: StatusBuil
         where = f" (adapter {init['container'][len('adapter-'):]})" if init else ""
         return _failed_step(model, settings, sb, d, obs.download_job, "Downloaded", err.get("reason") or "DownloadFailed",
                             f"{err.get('message', '')}{where}"), None
+    waiting = ob.waiting_for(obs.download_log) if state == "running" else None
+    if waiting:
+        sb.condition("Downloaded", False, waiting.get("reason") or "WaitingForSharedDownload", waiting.get("message") or "")
+        return "Downloading", None
     if state == "running":
         sb.condition("Downloaded", False, "Downloading", f"downloading {model.spec.source.described()}")
         sb.set("progress", ob.progress_status("download", ob.last_progress(obs.download_log)))

@@ -27,6 +27,8 @@ class Observed:
     server_pods: list[dict] = field(default_factory=list)
     # converted folders on this Model's (shared) cache claim that other Models finished: output -> Model
     converted_elsewhere: dict[str, str] = field(default_factory=dict)
+    # source folders on this Model's shared claim that other Models are downloading now: folder -> Model
+    downloading_elsewhere: dict[str, str] = field(default_factory=dict)
 
 
 def spec_hash(obj: dict | None) -> str | None:
@@ -112,6 +114,23 @@ def last_progress(log: str | None) -> dict | None:
             continue
         if data.get("event") == "progress":
             return data
+    return None
+
+
+def waiting_for(log: str | None) -> dict | None:
+    """The step's last word, when it is that it waits for another pod (a shared cache's lease)."""
+    for line in reversed((log or "").splitlines()):
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            data = json.loads(line)
+        except ValueError:
+            continue
+        if data.get("event") == "waiting":
+            return data
+        if data.get("event") == "progress":
+            return None
     return None
 
 

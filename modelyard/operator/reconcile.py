@@ -14,7 +14,7 @@ from modelyard.operator.kube import Kube
 from modelyard.operator.observe import CHILD_FIELDS, Observed, foreign_children, job_state, owned_pods, termination_message
 from modelyard.operator.resources import Settings
 from modelyard.operator import probe
-from modelyard.operator.resources import served_adapters
+from modelyard.operator.resources import base_dir, served_adapters
 from modelyard.operator.resources.common import COMPONENT_LABEL, INSTANCE_LABEL, cache_claim
 from modelyard.operator.status import StatusBuilder, changed, now
 
@@ -88,6 +88,7 @@ class Reconciler:
         )
         if model.spec.cache.claim_name:
             obs.converted_elsewhere = self._converted_on_claim(model)
+            obs.downloading_elsewhere = self._downloading_on_claim(model)
         if obs.deployment:
             obs.server_pods = self._list("Pod", ns, {INSTANCE_LABEL: name, COMPONENT_LABEL: "server"})
             if served_adapters(model):
@@ -123,6 +124,22 @@ class Reconciler:
             output = (status.get("convert") or {}).get("output")
             if output and converted.get("status") == "True" and converted.get("reason") in ("Converted", "Reused"):
                 out[output] = other["metadata"]["name"]
+        return out
+
+    def _downloading_on_claim(self, model) -> dict[str, str]:
+        """Source folders that other Models on the same shared claim are downloading right now."""
+        out = {}
+        for other in self._list("Model", model.namespace, {}):
+            spec, status = other.get("spec") or {}, other.get("status") or {}
+            if other["metadata"]["name"] == model.name or (spec.get("cache") or {}).get("claimName") != model.spec.cache.claim_name:
+                continue
+            cond = next((c for c in status.get("conditions") or [] if c["type"] == "Downloaded"), {})
+            if cond.get("reason") != "Downloading" or status.get("observedGeneration") != other["metadata"].get("generation"):
+                continue
+            try:
+                out[base_dir(parse_model(other, rules=False))] = other["metadata"]["name"]
+            except ValidationError:
+                continue
         return out
 
     def _pods_and_log(self, ns: str, job: dict | None, container: str):

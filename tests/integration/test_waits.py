@@ -88,3 +88,31 @@ def test_convert_pod_unbound_claim(k8s, namespace, operator):
     k8s.wait_for(lambda: degraded(k8s, namespace, "conv").get("reason") == "Unschedulable", message="Degraded Unschedulable")
     assert "unbound immediate PersistentVolumeClaims" in degraded(k8s, namespace, "conv")["message"]
     assert k8s.get("Model", namespace, "conv")["status"]["phase"] == "Converting"
+
+
+def test_second_model_on_a_shared_cache_waits_for_the_first_download(k8s, namespace, operator):
+    shared = {"cache": {"claimName": "models"}}
+    k8s.create(model("one", namespace, **shared))
+    job = k8s.wait_for(lambda: k8s.get("Job", namespace, "one-download"))
+    k8s.wait_for(lambda: condition(k8s.get("Model", namespace, "one"), "Downloaded").get("reason") == "Downloading")
+    k8s.create(model("two", namespace, **shared))
+    k8s.wait_for(lambda: condition(k8s.get("Model", namespace, "two"), "Downloaded").get("reason") == "WaitingForSharedDownload",
+                 message="WaitingForSharedDownload")
+    assert "Model one" in condition(k8s.get("Model", namespace, "two"), "Downloaded")["message"]
+    assert k8s.get("Job", namespace, "two-download") is None  # one download per cache key
+    env = {e["name"]: e for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["MODELYARD_POD_UID"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.uid"}}
+    finish_job(k8s, job, "download", {"resolvedRevision": "r1", "plan": PLAN})
+    job2 = k8s.wait_for(lambda: k8s.get("Job", namespace, "two-download"), timeout=15, message="the second Job, after the first")
+    assert job2["spec"]["template"]["spec"]["containers"][0]["args"][4] == job["spec"]["template"]["spec"]["containers"][0]["args"][4]
+
+
+def test_a_step_waiting_on_the_lease_says_so(k8s, namespace, operator):
+    from tests.integration.play import pod_for
+
+    k8s.create(model("late", namespace))
+    job = k8s.wait_for(lambda: k8s.get("Job", namespace, "late-download"))
+    line = '{"event":"waiting","step":"download","reason":"WaitingForSharedDownload","message":"pod-a is downloading the same bytes"}\n'
+    pod_for(k8s, job, "download", phase="Running", log=line)
+    k8s.wait_for(lambda: condition(k8s.get("Model", namespace, "late"), "Downloaded").get("reason") == "WaitingForSharedDownload",
+                 message="the lease wait in status")

@@ -112,7 +112,7 @@ def test_disk_full_while_writing(tiny_disk, tmp_path):
 
 def test_leftovers_of_another_revision_are_not_reused(folder, tmp_path):
     """A killed run left a complete-looking file for an older revision: it must not be installed."""
-    staging = tmp_path / "out" / ".partial"
+    staging = tmp_path / "out" / ".partial" / "killed-pod-uid"
     staging.mkdir(parents=True)
     (staging / "revision").write_text("local:older")
     (staging / "model.bin").write_bytes(b"\0" * 300_000)  # right size, wrong bytes

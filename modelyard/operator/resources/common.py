@@ -159,6 +159,14 @@ BASE_ENV = [
 ]
 
 
+# Who a step's pod is (downward API): the shared cache's lease names its owner, and staging folders
+# are named after the pod's UID so that two pods never write into one another's.
+POD_IDENTITY_ENV = [
+    {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+    {"name": "MODELYARD_POD_UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}},
+]
+
+
 def env_from_secret(secret_name: str | None) -> list[dict]:
     """Credentials only ever reach a pod this way: the Secret's keys become env vars."""
     return [{"secretRef": {"name": secret_name}}] if secret_name else []

@@ -4,6 +4,7 @@ from __future__ import annotations
 from modelyard.api import QUANTIZED, Model
 from modelyard.operator.resources.common import (
     BASE_ENV,
+    POD_IDENTITY_ENV,
     CACHE_MOUNT,
     Settings,
     cache_mount,
@@ -66,7 +67,7 @@ def build_convert_job(model: Model, settings: Settings, recipe: dict, output: st
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["modelyard"],
         "args": args + ["--termination-log", "/dev/termination-log"],
-        "env": list(BASE_ENV) + [{"name": "HF_HUB_OFFLINE", "value": "1"}],
+        "env": list(BASE_ENV) + POD_IDENTITY_ENV + [{"name": "HF_HUB_OFFLINE", "value": "1"}],
         "volumeMounts": [cache_mount()] + mounts,
         "securityContext": container_security(),
         "terminationMessagePath": "/dev/termination-log",

@@ -4,6 +4,7 @@ from __future__ import annotations
 from modelyard.api import Model
 from modelyard.operator.resources.common import (
     BASE_ENV,
+    POD_IDENTITY_ENV,
     CACHE_MOUNT,
     Settings,
     cache_claim,
@@ -104,7 +105,7 @@ def _download_container(name: str, image: str, settings: Settings, where, dest: 
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["modelyard"],
         "args": args + ["--termination-log", "/dev/termination-log"] + extra,
-        "env": list(BASE_ENV) + uri_env,
+        "env": list(BASE_ENV) + POD_IDENTITY_ENV + uri_env,
         "envFrom": env_from_secret(secret.name if secret else None),
         "volumeMounts": [cache_mount()] + mounts,
         "securityContext": container_security(),
