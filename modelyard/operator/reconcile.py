@@ -41,7 +41,7 @@ class Reconciler:
         try:
             retry = self._reconcile(namespace, name)
         except Exception:
-            retry = 10.0  # API trouble: look again with a delay
+            retry = 2.0  # API trouble (a 500, a conflict, a lost answer): look again soon
             raise
         finally:
             if retry:
