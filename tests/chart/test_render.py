@@ -306,3 +306,14 @@ def test_rbac_lets_children_block_their_models_deletion(values):
     objs = render(values)
     for role in [o for o in objs if o["kind"] in ("ClusterRole", "Role") and any("models" in r["resources"] for r in o["rules"])]:
         assert ("modelyard.io", "models/finalizers", "update") in _grants(role["rules"]), role["metadata"]["name"]
+
+
+def test_retry_and_deadline_values_reach_the_operators_settings():
+    import yaml
+
+    from modelyard.operator.resources import Settings
+
+    cm = one(render([], sets=("config.retry.maxAttempts=2", "config.deadlines.downloadFloorMiBps=50")), "ConfigMap", "-config")
+    settings = Settings.from_dict(yaml.safe_load(cm["data"]["config.yaml"]))
+    assert settings.retry_max_attempts == 2 and settings.retry_base_seconds == 30
+    assert settings.download_floor_mib_s == 50 and settings.deadline_default_seconds == 86400
