@@ -27,6 +27,7 @@ from modelyard.operator.resources import (
     served_adapters,
 )
 from modelyard.operator.status import StatusBuilder
+from modelyard.uri import has_userinfo
 
 FAILURE_REASONS = {"DoesNotFit", "InvalidSpec", "InvalidSource", "DownloadFailed", "ConvertFailed"}
 
@@ -305,14 +306,26 @@ def decide(model: Model, previous_status: dict | None, obs: ob.Observed, setting
     return d
 
 
+def _uris(model: Model) -> list[tuple[str, str | None]]:
+    return [("spec.source.uri", model.spec.source.uri)] + [(f"spec.adapters[{i}].uri", a.uri) for i, a in enumerate(model.spec.adapters)]
+
+
 def _local_uris(model: Model) -> list[str]:
     """Fields holding a file:// URI, which only local mode can read."""
-    where = [("spec.source.uri", model.spec.source.uri)]
-    where += [(f"spec.adapters[{i}].uri", a.uri) for i, a in enumerate(model.spec.adapters)]
-    return [field for field, uri in where if (uri or "").startswith("file://")]
+    return [field for field, uri in _uris(model) if (uri or "").startswith("file://")]
+
+
+def _credential_uris(model: Model) -> list[str]:
+    """Fields whose URI carries a credential: a Model stored before the CRD refused them (CEL
+    rules ratchet) must not have it copied into a Job."""
+    return [field for field, uri in _uris(model) if uri and (has_userinfo(uri) or "?" in uri)]
 
 
 def _decide(model, obs, settings, sb, d, gpu_memory) -> str:
+    secret = _credential_uris(model)
+    if secret:
+        return _fail(sb, "Downloaded", "InvalidSpec", f"{secret[0]} carries credentials (userinfo or a query string): put "
+                     "them in a Secret (secretRef), or the whole URI with uriFrom.secretKeyRef; nothing was started")
     local = _local_uris(model)
     if local:
         return _fail(sb, "Downloaded", "InvalidSource", f"{local[0]}: file:// URIs only work in local mode (`modelyard up`); "

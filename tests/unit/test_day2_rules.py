@@ -76,3 +76,17 @@ def test_step_jobs_have_a_deadline_from_the_weights():
     assert build_download_job(m, s)["spec"]["activeDeadlineSeconds"] == 86400
     # 10 GiB at the 10 MiB/s floor = 1024 s, plus the 900 s allowance
     assert build_download_job(m, s, weight_bytes=10 * 2**30)["spec"]["activeDeadlineSeconds"] == 1924
+
+
+def test_a_stored_model_with_a_credential_uri_starts_nothing():
+    """CEL rules ratchet: a Model stored before they existed is refused by the operator itself."""
+    from modelyard.api import parse_model
+    from modelyard.operator.decide import decide
+    from modelyard.operator.resources import Settings
+
+    m = parse_model({"apiVersion": "modelyard.io/v1alpha1", "kind": "Model", "metadata": {"name": "m", "uid": "u"},
+                     "spec": {"source": {"uri": "https://TOKEN@host/m.tar"}}}, rules=False)
+    d = decide(m, None, ob.Observed(), Settings())
+    degraded = next(c for c in d.status["conditions"] if c["type"] == "Degraded")
+    assert d.actions == [] and d.status["phase"] == "Failed" and "spec.source.uri" in degraded["message"]
+    assert "TOKEN" not in str(d.status) and "TOKEN" not in str(d.events)
