@@ -203,6 +203,10 @@ def _convert(model: Model, obs: ob.Observed, settings: Settings, sb: StatusBuild
             or ob.job_failure(obs.convert_job) or {}
         return _failed_step(model, settings, sb, d, obs.convert_job, "Converted", err.get("reason") or "ConvertFailed",
                             err.get("message") or "the convert Job failed; see its pod logs"), None
+    waiting = ob.waiting_for(obs.convert_log) if state == "running" else None
+    if waiting:
+        sb.condition("Converted", False, waiting.get("reason") or "WaitingForSharedConvert", waiting.get("message") or "")
+        return "Converting", None
     if state == "running":
         _waiting(sb, ob.owned_pods(obs.convert_job, obs.convert_pods), "convert")
         sb.condition("Converted", False, "Converting", _describe(recipe))

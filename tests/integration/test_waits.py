@@ -116,3 +116,17 @@ def test_a_step_waiting_on_the_lease_says_so(k8s, namespace, operator):
     pod_for(k8s, job, "download", phase="Running", log=line)
     k8s.wait_for(lambda: condition(k8s.get("Model", namespace, "late"), "Downloaded").get("reason") == "WaitingForSharedDownload",
                  message="the lease wait in status")
+
+
+def test_a_convert_waiting_on_the_lease_says_so(k8s, namespace, operator):
+    from tests.integration.play import pod_for
+
+    k8s.create(model("cw", namespace, format="pytorch"))
+    job = k8s.wait_for(lambda: k8s.get("Job", namespace, "cw-download"))
+    finish_job(k8s, job, "download", {"resolvedRevision": "r1", "plan": PLAN})
+    conv = k8s.wait_for(lambda: k8s.get("Job", namespace, "cw-convert"))
+    line = '{"event":"waiting","step":"convert","reason":"WaitingForSharedConvert","message":"pod-x is converting into /cache/converted/k"}\n'
+    pod_for(k8s, conv, "convert", phase="Running", log=line)
+    k8s.wait_for(lambda: condition(k8s.get("Model", namespace, "cw"), "Converted").get("reason") == "WaitingForSharedConvert",
+                 message="the convert lease wait in status")
+    assert "pod-x" in condition(k8s.get("Model", namespace, "cw"), "Converted")["message"]

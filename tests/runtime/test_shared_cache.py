@@ -36,7 +36,7 @@ def pod(name: str, url: str, dest: Path, term: Path) -> subprocess.Popen:
 
 def test_two_pods_one_download(http, tmp_path):
     http.state.reset()
-    http.state.throttle["/w.bin"] = 6 << 20  # ~0.5 s: long enough for the second pod to arrive
+    http.state.throttle["/w.bin"] = 1 << 20  # ~3 s: long enough for the second pod to start and arrive
     dest = tmp_path / "sources" / "key"
     a = pod("pod-a", http.url + "/w.bin", dest, tmp_path / "a.term")
     lease = dest.parent / "key.lease"
@@ -79,3 +79,45 @@ def test_a_killed_pod_is_taken_over_and_resumed(http, tmp_path):
     assert (dest / "w.bin").read_bytes() == (http.state.root / "w.bin").read_bytes()
     manifest = json.loads((dest / "modelyard-manifest.json").read_text())
     assert manifest["files"] == [{"path": "w.bin", "size": SIZE}]
+
+
+def test_lease_waits_for_a_live_holder_and_takes_over_a_dead_or_stale_one(tmp_path, monkeypatch):
+    import socket
+    import threading
+
+    from modelyard.runtime.lease import Lease
+
+    path = tmp_path / "k.lease"
+    holder = subprocess.Popen(["sleep", "60"])  # another process on this machine holds it, heartbeat fresh
+    path.write_text(json.dumps({"owner": "pod-a", "host": socket.gethostname(), "pid": holder.pid, "token": "t",
+                                "heartbeat": time.time()}))
+    waited, got = [], threading.Event()
+
+    def second():
+        with Lease(path, on_wait=waited.append, poll=0.05):
+            got.set()
+    t = threading.Thread(target=second)
+    t.start()
+    time.sleep(0.5)
+    assert not got.is_set() and waited[0]["owner"] == "pod-a"  # it waits, and says for whom
+    holder.kill()
+    holder.wait()
+    t.join(10)
+    assert got.is_set() and not path.exists()  # a dead holder on this machine: taken over at once
+    # a holder on another machine whose heartbeat stopped: taken over once stale
+    path.write_text(json.dumps({"owner": "pod-gone", "host": "elsewhere", "pid": 1, "token": "t", "heartbeat": time.time() - 5}))
+    monkeypatch.setenv("MODELYARD_LEASE_STALE_SECONDS", "3")
+    with Lease(path, poll=0.05) as lease:
+        assert json.loads(path.read_text())["token"] == lease.token
+
+
+def test_convert_partial_folders_are_per_owner(tmp_path, monkeypatch):
+    from modelyard.runtime.convert import publish
+
+    out = tmp_path / "converted" / "k"
+    monkeypatch.setenv("MODELYARD_POD_UID", "uid-a")
+    a = publish.partial_dir(out)
+    monkeypatch.setenv("MODELYARD_POD_UID", "uid-b")
+    (a / "shard.safetensors").write_bytes(b"x")
+    b = publish.partial_dir(out)  # b holds the lease now: a's folder is an orphan and goes
+    assert a.name == "k.partial-uid-a" and b.name == "k.partial-uid-b" and not a.exists()

@@ -58,12 +58,18 @@ def convert(req: Request, log=None) -> dict:
     if recipe.get("note"):
         log(recipe["note"])
     output.parent.mkdir(parents=True, exist_ok=True)
-    waiting = lambda held: log(f"waiting: {held.get('owner') or 'another pod'} is converting into {output}")  # noqa: E731
-    with Lease(output.parent / f"{output.name}.lease", on_wait=waiting):
+    with Lease(output.parent / f"{output.name}.lease", on_wait=lambda held: _waiting(held, output)):
         if provenance.matches(provenance.read(output), recipe, found.files):  # the pod we waited for did it
             log(f"already converted: {output} holds this recipe for these inputs")
             return summary(output, recipe, skipped=True)
         return _convert_locked(req, found, recipe, output, log)
+
+
+def _waiting(held: dict, output: Path) -> None:
+    """Said once per holder, as a structured line the operator shows (WaitingForSharedConvert)."""
+    print(json.dumps({"event": "waiting", "step": "convert", "reason": "WaitingForSharedConvert",
+                      "message": f"{held.get('owner') or 'another pod'} is converting into {output}; waiting for it"}),
+          file=sys.stderr, flush=True)
 
 
 def _convert_locked(req: Request, found: Detected, recipe: dict, output: Path, log) -> dict:
