@@ -74,7 +74,7 @@ async def stop_resync(memo: kopf.Memo, **_) -> None:
 
 
 class _Peering:
-    """Whether kopf peering pauses this operator (read at most every 5 s)."""
+    """Whether kopf peering pauses this operator (read at most every MODELYARD_PEERING_CHECK_SECONDS, 5)."""
 
     def __init__(self, settings) -> None:
         self.settings, self.checked, self.paused = settings, 0.0, False
@@ -83,7 +83,7 @@ class _Peering:
         if self.settings.standalone or not self.settings.name:
             return False
         clock = time.monotonic()
-        if clock - self.checked >= 5:
+        if clock - self.checked >= float(os.environ.get("MODELYARD_PEERING_CHECK_SECONDS", "5")):
             self.checked = clock
             kube = reconciler().kube
             try:
