@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from tests.integration.play import PLAN, condition, finish_job, model
+from tests.integration.play import PLAN, condition, finish_job, model, roll_out
 from tests.k8s.operator_thread import run_operator
 
 
@@ -105,6 +105,12 @@ def test_second_model_on_a_shared_cache_waits_for_the_first_download(k8s, namesp
     finish_job(k8s, job, "download", {"resolvedRevision": "r1", "plan": PLAN})
     job2 = k8s.wait_for(lambda: k8s.get("Job", namespace, "two-download"), timeout=15, message="the second Job, after the first")
     assert job2["spec"]["template"]["spec"]["containers"][0]["args"][4] == job["spec"]["template"]["spec"]["containers"][0]["args"][4]
+    finish_job(k8s, job2, "download", {"resolvedRevision": "r1", "plan": PLAN})  # "already downloaded" in seconds
+    for name in ("one", "two"):
+        k8s.wait_for(lambda: k8s.get("Deployment", namespace, name), message=f"Deployment {name}")
+        roll_out(k8s, namespace, name)
+    k8s.wait_for(lambda: all(k8s.get("Model", namespace, n)["status"]["phase"] == "Ready" for n in ("one", "two")),
+                 message="both Ready")
 
 
 def test_a_step_waiting_on_the_lease_says_so(k8s, namespace, operator):
