@@ -67,7 +67,8 @@ def _ensure_owned(decision: Decision, desired: dict, existing: dict | None) -> b
         decision.actions.append(Action("create", desired))
         return False
     if ob.spec_hash(existing) != ob.spec_hash(desired):
-        decision.actions.append(Action("delete" if desired["kind"] == "Job" else "replace", desired))
+        # a Job's template cannot change: delete this one (by uid) and create the new one next pass
+        decision.actions.append(Action("delete", existing) if desired["kind"] == "Job" else Action("replace", desired))
         return False
     if ob.drifted(desired, existing):  # edited by hand: put back what the Model says
         decision.actions.append(Action("replace", desired))

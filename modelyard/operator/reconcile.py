@@ -203,7 +203,7 @@ class Reconciler:
         elif action.verb == "scale":
             self._remember(kind, self.kube.patch(kind, m["namespace"], m["name"], {"spec": {"replicas": action.replicas}}))
         elif action.verb == "delete":
-            self.kube.delete(kind, m["namespace"], m["name"])
+            self.kube.delete(kind, m["namespace"], m["name"], uid=m.get("uid"))
             if self.cache:
                 self.cache.forget(kind, action.obj)
         else:

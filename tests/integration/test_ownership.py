@@ -56,3 +56,22 @@ def test_a_job_owned_by_another_model_is_never_deleted(k8s, namespace, operator)
     assert "Job mine-download" in msg and "Model other" in msg
     after = k8s.get("Job", namespace, "mine-download")
     assert after["metadata"]["uid"] == before["metadata"]["uid"] and after["metadata"]["ownerReferences"][0]["uid"] == other["metadata"]["uid"]
+
+
+def test_delete_and_replace_act_only_on_the_object_meant(k8s, namespace, kubeconfig):
+    """Between the cache and the write, someone replaced our child with theirs: the uid precondition
+    (delete) and the controller check (replace) leave theirs alone."""
+    from modelyard.operator.kube import Kube
+
+    kube = Kube()
+    ours = k8s.create(foreign_deployment(namespace, "raced"))
+    k8s.delete("Deployment", namespace, "raced")
+    theirs = k8s.create(foreign_deployment(namespace, "raced"))
+    kube.delete("Deployment", namespace, "raced", uid=ours["metadata"]["uid"])
+    assert k8s.get("Deployment", namespace, "raced")["metadata"]["uid"] == theirs["metadata"]["uid"]
+    desired = {**foreign_deployment(namespace, "raced")}
+    desired["metadata"] = {**desired["metadata"], "ownerReferences": [{"apiVersion": "modelyard.io/v1alpha1", "kind": "Model",
+                                                                        "name": "m", "uid": "model-uid", "controller": True}]}
+    desired["spec"] = {**desired["spec"], "replicas": 9}
+    kube.replace(desired)
+    assert k8s.get("Deployment", namespace, "raced")["spec"]["replicas"] == 2
