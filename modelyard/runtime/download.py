@@ -171,6 +171,9 @@ def _staging(dest: Path, resolved: str) -> Path:
             others.remove(usable[-1])
     for p in others:  # their owners lost the lease we hold: nobody writes there any more
         shutil.rmtree(p, ignore_errors=True)
+    for p in mine.parent.iterdir():  # files of the single-folder layout of earlier versions
+        if not p.is_dir():
+            p.unlink(missing_ok=True)
     mine.mkdir(exist_ok=True)
     (mine / "revision").write_text(resolved)
     return mine
