@@ -41,6 +41,7 @@ class Settings:
     convert_floor_mib_s: float = 5.0
     deadline_minimum_seconds: int = 900
     deadline_default_seconds: int = 86400  # before the first plan says how big the weights are
+    gpus_per_node: int = 8  # GPUs on each node: spec.gpus above it spans nodes (spec.gpusPerNode overrides)
 
     @classmethod
     def from_dict(cls, data: dict | None) -> "Settings":
@@ -51,6 +52,7 @@ class Settings:
             profiles=dict(data.get("profiles") or {}),
             default_storage_class=(data.get("cache") or {}).get("defaultStorageClass"),
             image_pull_policy=data.get("imagePullPolicy", base.image_pull_policy),
+            gpus_per_node=int(data.get("gpusPerNode") or base.gpus_per_node),
             **_retry_settings(data.get("retry") or {}, data.get("deadlines") or {}),
         )
 
@@ -71,6 +73,12 @@ def deadline_seconds(weight_bytes: int | None, floor_mib_s: float, settings: "Se
     if not weight_bytes:
         return settings.deadline_default_seconds
     return int(settings.deadline_minimum_seconds + weight_bytes / (floor_mib_s * 2**20))
+
+
+def gpus_per_node(model: Model, settings: Settings) -> int:
+    """spec.gpusPerNode, else the gpusPerNode of the profile spec.gpuMemory names, else the setting."""
+    profile = settings.profiles.get(model.spec.gpu_memory or "") or {}
+    return int(model.spec.gpus_per_node or profile.get("gpusPerNode") or settings.gpus_per_node)
 
 
 def labels(model: Model, component: str) -> dict[str, str]:
