@@ -208,7 +208,7 @@ def pod_wait(pods: list[dict]) -> dict | None:
 
 
 CHILD_FIELDS = {"pvc": "PersistentVolumeClaim", "download_job": "Job", "convert_job": "Job", "deployment": "Deployment",
-                "service": "Service", "adapters_configmap": "ConfigMap"}
+                "service": "Service", "adapters_configmap": "ConfigMap", "lws": "LeaderWorkerSet"}
 
 
 def controlled_by(obj: dict, uid: str | None) -> bool:
