@@ -85,6 +85,14 @@ INVALID = [
     ("adapter-revision", with_spec(adapters=[{"name": "sql", "uri": "hf://a/b", "revision": "../x y"}]), "spec.adapters[0].revision", ""),
     ("adapter-secret", with_spec(adapters=[{"name": "sql", "uri": "hf://a/b", "secretRef": {"name": "A B"}}]), "spec.adapters[0].secretRef.name", "DNS-1123"),
     ("env-value-type", with_spec(serving={"env": [{"name": "X", "value": {"a": 1}}]}), "spec.serving.env[0].value", ""),
+    ("scaling-min-over-max", with_spec(scaling={"minReplicas": 3, "maxReplicas": 2}), "spec.scaling", "minReplicas must be less than or equal"),
+    ("scaling-min-negative", with_spec(scaling={"minReplicas": -1}), "spec.scaling.minReplicas", "greater than or equal"),
+    ("scaling-max-zero", with_spec(scaling={"maxReplicas": 0}), "spec.scaling.maxReplicas", "greater than or equal to 1"),
+    ("scaling-target-zero", with_spec(scaling={"targetInFlight": 0}), "spec.scaling.targetInFlight", "greater than or equal to 1"),
+    ("scaling-delay-negative", with_spec(scaling={"scaleDownDelaySeconds": -5}), "spec.scaling.scaleDownDelaySeconds", "greater than or equal"),
+    ("scaling-lb", with_spec(scaling={"loadBalancing": "Random"}), "spec.scaling.loadBalancing", "PrefixHash"),
+    ("scaling-unknown", with_spec(scaling={"targetRequests": 4}), "spec.scaling.targetRequests", "unknown field"),
+    ("scaling-replicas-over-max", with_spec(replicas=5, scaling={"maxReplicas": 3}), "spec", "at most scaling.maxReplicas"),
     ("bad-api-version", {**VALID, "apiVersion": "modelyard.io/v1"}, "apiVersion", "v1alpha1"),
     ("bad-name", {**VALID, "metadata": {"name": "Llama_8B"}}, "metadata.name", "DNS-1035"),
     ("long-name", {**VALID, "metadata": {"name": "a" * 53}}, "metadata.name", ""),
@@ -131,6 +139,16 @@ def test_defaults_match_the_design():
     spec = parse_model(VALID).spec
     assert (spec.format, spec.precision, spec.engine, spec.gpus, spec.replicas) == ("auto", "auto", "auto", 0, 1)
     assert spec.planner.enforce is True and spec.gpu_resource == "nvidia.com/gpu"
+
+
+def test_scaling_absent_means_fixed_replicas_and_zero_is_allowed():
+    assert parse_model(VALID).spec.scaling is None
+    scaled = parse_model(with_spec(replicas=0, scaling={"minReplicas": 0, "maxReplicas": 4, "targetInFlight": 2,
+                                                        "scaleDownDelaySeconds": 60, "loadBalancing": "PrefixHash"})).spec
+    assert (scaled.replicas, scaled.scaling.min_replicas, scaled.scaling.max_replicas) == (0, 0, 4)
+    defaults = parse_model(with_spec(scaling={})).spec.scaling
+    assert (defaults.min_replicas, defaults.max_replicas, defaults.target_in_flight,
+            defaults.scale_down_delay_seconds, defaults.load_balancing) == (1, 1, 8, 30, "LeastLoad")
 
 
 def test_cli_exit_codes_and_messages(tmp_path, capsys):
