@@ -50,7 +50,7 @@ def run(args) -> int:
     else:
         from modelyard.gateway import kube
 
-        backend, watch = kube.connect(gw, args.namespace)
+        backend, watch = kube.connect(gw.registry, args.namespace)
         extra.append(watch)
     try:
         asyncio.run(serve.run(gw, args.host, args.port, backend=backend, extra=extra,

@@ -24,7 +24,11 @@ class NoBackend:
 
 async def run(gw: Gateway, host: str, port: int, backend: Backend | None = None, extra=(),
               probe_interval_s: float = 5.0, tick_s: float = 1.0, started=None) -> None:
-    """Serve until cancelled (or SIGINT/SIGTERM, which uvicorn handles)."""
+    """Serve until cancelled (or SIGINT/SIGTERM, which uvicorn handles).
+
+    ``extra``: callables ``f(on_change) -> coroutine`` run beside the server (a cluster watch);
+    they call ``on_change(route)`` when a route's replicas change.
+    """
     prober = Prober(gw.registry, interval_s=probe_interval_s)
     scaler = Autoscaler(gw.registry, backend or NoBackend(), gw.metrics, tick_s=tick_s)
 
@@ -32,13 +36,17 @@ async def run(gw: Gateway, host: str, port: int, backend: Backend | None = None,
         scaler.wake()
         prober.kick.set()
 
+    def on_change(route):
+        prober.kick.set()
+        scaler.observe_ready(route)
+
     gw.wake = wake
     prober.on_change = scaler.observe_ready
     config = uvicorn.Config(create_app(gw), host=host, port=port, log_level="warning", access_log=False,
                             timeout_keep_alive=30)
     server = uvicorn.Server(config)
     tasks = [asyncio.create_task(prober.run()), asyncio.create_task(scaler.run())]
-    tasks += [asyncio.create_task(coro) for coro in extra]
+    tasks += [asyncio.create_task(f(on_change)) for f in extra]
     try:
         serving = asyncio.create_task(server.serve())
         while not server.started and not serving.done():
