@@ -123,6 +123,9 @@ class Route:
             self.held -= 1
 
 
+SPEC_FIELDS = ("namespace", "adapters", "policy", "autoscaled", "load_balancing", "key_file")
+
+
 class Registry:
     """Routes by Model name, and which Model serves each adapter name."""
 
@@ -130,12 +133,14 @@ class Registry:
         self.routes: dict[str, Route] = {}
 
     def put(self, route: Route) -> Route:
-        old = self.routes.get(route.name)
-        if old is not None:  # keep live state across a spec update
-            route.replicas, route.in_flight, route.held = old.replicas, old.in_flight, old.held
-            route.scale, route.desired, route.cold_start_at, route.changed = old.scale, old.desired, old.cold_start_at, old.changed
-        self.routes[route.name] = route
-        return route
+        """Add a route, or update the spec of the live one in place (held requests keep it)."""
+        live = self.routes.get(route.name)
+        if live is None:
+            self.routes[route.name] = route
+            return route
+        for attr in SPEC_FIELDS:
+            setattr(live, attr, getattr(route, attr))
+        return live
 
     def remove(self, name: str) -> None:
         route = self.routes.pop(name, None)
