@@ -18,6 +18,8 @@ from modelyard.operator.resources import (
     build_convert_job,
     build_deployment,
     build_download_job,
+    build_inference_pool,
+    build_scaled_object,
     build_service,
     convert_recipe,
     converted_dir,
@@ -185,6 +187,7 @@ def _deploy(model: Model, obs: ob.Observed, settings: Settings, sb: StatusBuilde
         current = (obs.deployment.get("spec") or {}).get("replicas")
         if current != model.spec.replicas:
             d.actions.append(Action("scale", desired, replicas=model.spec.replicas))
+    _integrations(model, obs, settings, d, plan)
     changing = any(a.obj["kind"] == "Deployment" for a in d.actions)
     wanted = desired["spec"]["replicas"]
     ready, rolled = ob.deployment_ready(obs.deployment, wanted)
@@ -210,6 +213,17 @@ def _deploy(model: Model, obs: ob.Observed, settings: Settings, sb: StatusBuilde
         return "Ready"
     sb.condition("Ready", False, "Deploying", f"{ready}/{wanted} replicas ready; waiting for the model to load")
     return "Deploying"
+
+
+def _integrations(model: Model, obs: ob.Observed, settings: Settings, d: Decision, plan: dict) -> None:
+    """KEDA's ScaledObject (autoscaler: keda) and the InferencePool (inferencePool.enabled)."""
+    if settings.autoscaler == "keda":
+        scaled = build_scaled_object(model, settings, plan.get("engine") or model.spec.engine)
+        if scaled is not None:
+            _ensure(d, scaled, obs.scaled_object)
+    pool = build_inference_pool(model, settings)
+    if pool is not None:
+        _ensure(d, pool, obs.inference_pool)
 
 
 def _adapters(model: Model, obs: ob.Observed, sb: StatusBuilder, d: Decision, ready: int) -> str:

@@ -25,6 +25,8 @@ PATHS = {
     "PersistentVolumeClaim": ("/api/v1", "persistentvolumeclaims"),
     "Pod": ("/api/v1", "pods"),
     "Event": ("/api/v1", "events"),
+    "ScaledObject": ("/apis/keda.sh/v1alpha1", "scaledobjects"),
+    "InferencePool": ("/apis/inference.networking.k8s.io/v1", "inferencepools"),
 }
 
 
