@@ -33,8 +33,9 @@ async def probe(client: httpx.AsyncClient, route: Route, address: str) -> tuple[
 async def probe_route(client: httpx.AsyncClient, route: Route) -> bool:
     """Refresh every replica of ``route``; True when something changed (held requests are woken)."""
     changed = False
-    for address, replica in list(route.replicas.items()):
-        ready, adapters = await probe(client, route, address)
+    replicas = list(route.replicas.values())
+    answers = await asyncio.gather(*(probe(client, route, r.address) for r in replicas))
+    for replica, (ready, adapters) in zip(replicas, answers):
         if (ready, adapters) != (replica.ready, replica.adapters):
             replica.ready, replica.adapters = ready, adapters
             changed = True

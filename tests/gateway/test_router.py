@@ -24,15 +24,17 @@ def fleet(tmp_path_factory):
     sql = make_adapter(base, root / "sql", seed=1)
     make_adapter(base, root / "chat", seed=2)
     common = ["--engine", "accelerate", "--model", str(base), "--precision", "float32", "--max-model-len", "256"]
+    (root / "keys").write_text(f"# keys for other\n{KEY}\n")
+    (root / "b-adapters.json").write_text("{}")  # what the operator's adapters ConfigMap holds
     servers = {
         "tiny-a": Server([*common, "--served-model-name", "tiny", "--adapter", f"sql={sql}"], root / "a.log"),
-        "tiny-b": Server([*common, "--served-model-name", "tiny"], root / "b.log"),
-        "other": Server([*common, "--served-model-name", "other"], root / "o.log"),
+        "tiny-b": Server([*common, "--served-model-name", "tiny", "--adapters-file", str(root / "b-adapters.json")],
+                         root / "b.log"),
+        "other": Server([*common, "--served-model-name", "other", "--api-key-file", str(root / "keys")], root / "o.log"),
     }
     try:
         for s in servers.values():
             s.wait_healthy()
-        (root / "keys").write_text(f"# keys for other\n{KEY}\n")
         gw = GatewayProcess([
             {"name": "tiny", "replicas": [servers["tiny-a"].url, servers["tiny-b"].url], "adapters": ["sql", "chat"]},
             {"name": "other", "replicas": [servers["other"].url], "apiKeyFile": str(root / "keys")},
@@ -74,19 +76,18 @@ def test_adapter_goes_only_to_the_replica_that_has_it_loaded(fleet):
     assert _served(fleet["tiny-b"], "sql") == before_b == 0
 
 
-def test_adapter_request_waits_until_a_replica_has_loaded_it(fleet, tmp_path_factory):
-    """`chat` is declared but loaded nowhere: the request is held, not sent to a replica that would
-    answer 404, and goes to tiny-b as soon as tiny-b lists it (what a replica added by scale-up
-    goes through while the operator's adapter sync loads its adapters)."""
+def test_adapter_request_waits_until_a_replica_has_loaded_it(fleet):
+    """`chat` is declared on the Model but loaded nowhere: the request is held, not sent to a
+    replica that would answer 404, and goes to tiny-b once tiny-b lists it — what a replica added
+    by scale-up goes through while its adapter sync (--adapters-file, the operator's ConfigMap)
+    loads the Model's adapters."""
     root = fleet["tiny-a"].log.parent
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         held = pool.submit(chat, fleet["gw"].url, "chat")
-        time.sleep(0.6)
+        time.sleep(1.0)
         assert not held.done()
-        r = httpx.post(fleet["tiny-b"].url + "/v1/load_lora_adapter",
-                       json={"lora_name": "chat", "lora_path": str(root / "chat")}, timeout=60)
-        assert r.status_code == 200, r.text
-        answer = held.result(timeout=60)
+        (root / "b-adapters.json").write_text(json.dumps({"chat": str(root / "chat")}))
+        answer = held.result(timeout=120)
     assert answer.status_code == 200 and answer.json()["model"] == "chat", answer.text
     assert _served(fleet["tiny-b"], "chat") == 1 and _served(fleet["tiny-a"], "chat") == 0
 
@@ -127,12 +128,19 @@ def test_unknown_model_is_404_listing_what_exists(fleet):
 
 
 def test_api_keys_are_checked_at_the_gateway(fleet):
+    """`other` is served with --api-key-file: the gateway checks the same file with the same
+    reader, refuses before the replica sees the request, and forwards the key when it is good
+    (the replica checks it too; the gateway's prober used it to see the replica ready)."""
     url = fleet["gw"].url
+    before = _served(fleet["other"], "other")
     assert chat(url, "other").status_code == 401
     wrong = chat(url, "other", headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "invalid_api_key"
     assert KEY not in wrong.text
-    assert chat(url, "other", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+    assert _served(fleet["other"], "other") == before  # refused at the gateway
+    good = chat(url, "other", headers={"Authorization": f"Bearer {KEY}"})
+    assert good.status_code == 200 and good.json()["model"] == "other", good.text
+    assert chat(fleet["other"].url, "other").status_code == 401  # the replica checks keys too
     assert chat(url, "tiny").status_code == 200  # a Model without keys stays open
 
 
