@@ -195,7 +195,8 @@ def _deploy(model: Model, obs: ob.Observed, settings: Settings, sb: StatusBuilde
     sb.set("endpoint", endpoint(model))
     sb.set("replicas", wanted)
     sb.set("readyReplicas", ready)
-    if scaled and obs.deployment is not None and not changing and (ready or sb.previous.get("phase") == "Ready" or wanted == 0):
+    at_zero = wanted == 0  # nothing to wait for, even while the Deployment is created or replaced
+    if scaled and (at_zero or (obs.deployment is not None and not changing and (ready or sb.previous.get("phase") == "Ready"))):
         failure = ob.server_failure(obs.server_pods) if ready == 0 and wanted else None
         if failure:
             return _fail(sb, "Ready", failure["reason"], failure["message"])
