@@ -66,7 +66,7 @@ def run_fleet(models: list, files: list, args) -> int:
     gw = Gateway()
     for name, (local, _) in runs.items():
         policy, _ = local_policy(local.model)  # always-on Models are autoscaled too: min 1 keeps them up
-        gw.registry.put(Route(name=name, adapters=tuple(a.name for a in local.model.spec.adapters if not a.merge),
+        gw.registry.put(Route(name=name, namespace=local.model.namespace, adapters=tuple(a.name for a in local.model.spec.adapters if not a.merge),
                               policy=policy, autoscaled=True, desired=0))
     backend = LocalBackend(start=lambda name: runs[name][0].launch(runs[name][1]),
                            stop=lambda name: runs[name][0].halt())

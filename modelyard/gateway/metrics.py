@@ -1,4 +1,6 @@
-"""The gateway's Prometheus metrics. Names are a contract: the chart's dashboard queries them."""
+"""The gateway's Prometheus metrics. Names are a contract: the chart's dashboard queries them.
+Every series carries the Model's ``namespace`` and ``model`` (the chart's ServiceMonitor keeps
+them with honorLabels, as it does for the operator's)."""
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -22,18 +24,18 @@ COLD_BUCKETS = (1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200)
 class GatewayMetrics:
     def __init__(self):
         self.registry = r = CollectorRegistry()
-        self.in_flight = Gauge(IN_FLIGHT, "Requests being answered by a replica, per Model.", ["model"], registry=r)
-        self.requests = Counter(REQUESTS[:-6], "Requests finished, per Model and HTTP status.", ["model", "code"], registry=r)
-        self.held = Gauge(HELD, "Requests held while the Model has no ready replica.", ["model"], registry=r)
+        self.in_flight = Gauge(IN_FLIGHT, "Requests being answered by a replica, per Model.", ["namespace", "model"], registry=r)
+        self.requests = Counter(REQUESTS[:-6], "Requests finished, per Model and HTTP status.", ["namespace", "model", "code"], registry=r)
+        self.held = Gauge(HELD, "Requests held while the Model has no ready replica.", ["namespace", "model"], registry=r)
         self.queue_wait = Histogram(QUEUE_WAIT, "Time a request waited for a ready replica (0 when one was ready).",
-                                    ["model"], buckets=WAIT_BUCKETS, registry=r)
+                                    ["namespace", "model"], buckets=WAIT_BUCKETS, registry=r)
         self.rejected = Counter(REJECTED[:-6], "Requests answered 503 without a replica (queue full or wait timed out).",
-                                ["model", "reason"], registry=r)
-        self.cold_starts = Counter(COLD_STARTS[:-6], "Scale-ups from zero ready replicas.", ["model"], registry=r)
+                                ["namespace", "model", "reason"], registry=r)
+        self.cold_starts = Counter(COLD_STARTS[:-6], "Scale-ups from zero ready replicas.", ["namespace", "model"], registry=r)
         self.cold_start_seconds = Histogram(COLD_START_SECONDS, "From scaling up from zero to the first ready replica.",
-                                            ["model"], buckets=COLD_BUCKETS, registry=r)
-        self.desired = Gauge(DESIRED, "Replicas the autoscaler asks for.", ["model"], registry=r)
-        self.ready = Gauge(READY, "Replicas ready to take requests.", ["model"], registry=r)
+                                            ["namespace", "model"], buckets=COLD_BUCKETS, registry=r)
+        self.desired = Gauge(DESIRED, "Replicas the autoscaler asks for.", ["namespace", "model"], registry=r)
+        self.ready = Gauge(READY, "Replicas ready to take requests.", ["namespace", "model"], registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -78,9 +78,9 @@ async def _forward(gw: Gateway, route: Route, model: str, adapter, request: Requ
         try:
             addr, waited = await route.acquire(adapter, prompt, gw.limits, gw.wake)
         except GatewayError as exc:
-            gw.metrics.rejected.labels(model, "queue_full" if "waiting" in exc.message else "timeout").inc()
+            gw.metrics.rejected.labels(route.namespace, model, "queue_full" if "waiting" in exc.message else "timeout").inc()
             raise
-        gw.metrics.queue_wait.labels(model).observe(waited)
+        gw.metrics.queue_wait.labels(route.namespace, model).observe(waited)
         try:
             return addr, await _send(gw, addr, request, raw)
         except httpx.TransportError as exc:
@@ -99,14 +99,14 @@ async def _proxy(gw: Gateway, request: Request) -> Response:
     _check_key(route, request)
     model = route.name
     addr, upstream = await _forward(gw, route, model, adapter, request, raw, _prompt(body))
-    gw.metrics.in_flight.labels(model).inc()
+    gw.metrics.in_flight.labels(route.namespace, model).inc()
     headers = {k: v for k, v in upstream.headers.items() if k in RETURN_HEADERS}
 
     async def finish():
         await upstream.aclose()
         route.release(addr)
-        gw.metrics.in_flight.labels(model).dec()
-        gw.metrics.requests.labels(model, str(upstream.status_code)).inc()
+        gw.metrics.in_flight.labels(route.namespace, model).dec()
+        gw.metrics.requests.labels(route.namespace, model, str(upstream.status_code)).inc()
 
     if upstream.headers.get("content-type", "").startswith("text/event-stream"):
         return StreamingResponse(upstream.aiter_raw(), status_code=upstream.status_code, headers=headers,
@@ -140,9 +140,9 @@ def create_app(gw: Gateway) -> Starlette:
 
     async def metrics(request: Request) -> Response:
         for route in gw.registry.routes.values():
-            gw.metrics.held.labels(route.name).set(route.held)
-            gw.metrics.ready.labels(route.name).set(route.ready_count())
-            gw.metrics.desired.labels(route.name).set(route.desired)
+            gw.metrics.held.labels(route.namespace, route.name).set(route.held)
+            gw.metrics.ready.labels(route.namespace, route.name).set(route.ready_count())
+            gw.metrics.desired.labels(route.namespace, route.name).set(route.desired)
         return Response(gw.metrics.render(), media_type=CONTENT_TYPE)
 
     return Starlette(routes=[

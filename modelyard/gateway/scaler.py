@@ -37,15 +37,15 @@ class Autoscaler:
         if route.cold_start_at is not None and route.ready_count() > 0:
             seconds = time.monotonic() - route.cold_start_at
             route.cold_start_at = None
-            self.metrics.cold_starts.labels(route.name).inc()
-            self.metrics.cold_start_seconds.labels(route.name).observe(seconds)
+            self.metrics.cold_starts.labels(route.namespace, route.name).inc()
+            self.metrics.cold_start_seconds.labels(route.namespace, route.name).observe(seconds)
             log.info("%s: cold start took %.1fs", route.name, seconds)
 
     async def step(self, route: Route, now: float) -> None:
         want = decide(route.policy, route.scale, now, route.total_in_flight(), route.held,
                       current=route.desired, loading=route.loading())
-        self.metrics.desired.labels(route.name).set(want)
-        self.metrics.ready.labels(route.name).set(route.ready_count())
+        self.metrics.desired.labels(route.namespace, route.name).set(want)
+        self.metrics.ready.labels(route.namespace, route.name).set(route.ready_count())
         if want == route.desired:
             return
         if route.ready_count() == 0 and want > 0 and route.cold_start_at is None:

@@ -2,6 +2,7 @@
 
     models:
       - name: tiny                      # the Model's name (the `model` clients send)
+        namespace: default              # optional: the `namespace` label of its metrics
         replicas: [http://127.0.0.1:8001, http://127.0.0.1:8002]
         adapters: [sql]                 # adapter names routed to replicas that list them loaded
         apiKeyFile: /etc/keys/tiny      # optional: requests need `Authorization: Bearer <key>`
@@ -20,7 +21,7 @@ from modelyard.apikeys import KeyFile, KeyFileError
 from modelyard.gateway.registry import Replica, Route
 
 NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
-FIELDS = {"name", "replicas", "adapters", "apiKeyFile", "loadBalancing"}
+FIELDS = {"name", "namespace", "replicas", "adapters", "apiKeyFile", "loadBalancing"}
 
 
 class ConfigError(ValueError):
@@ -52,7 +53,10 @@ def _route(i: int, entry) -> Route:
             key_file = KeyFile(entry["apiKeyFile"])
         except KeyFileError as exc:
             raise ConfigError(f"{where}.apiKeyFile: {exc}") from None
-    route = Route(name=name, adapters=tuple(adapters), load_balancing=lb, key_file=key_file,
+    namespace = entry.get("namespace", "default")
+    if not isinstance(namespace, str) or not NAME.match(namespace):
+        raise ConfigError(f"{where}.namespace: {namespace!r} is not a valid namespace (a DNS-1123 label)")
+    route = Route(name=name, namespace=namespace, adapters=tuple(adapters), load_balancing=lb, key_file=key_file,
                   desired=len(replicas))
     route.replicas = {r.rstrip("/"): Replica(r.rstrip("/")) for r in replicas}
     return route

@@ -22,7 +22,10 @@ def test_gateway_is_off_by_default():
 def test_gateway_deployment_and_service():
     objs = render([GATEWAY])
     kinds = sorted(o["kind"] for o in _gateway_objects(objs))
-    assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "Ingress", "Service", "ServiceAccount"]
+    assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "Ingress", "Service", "ServiceAccount",
+                     "ServiceMonitor"]
+    monitor = next(o for o in _gateway_objects(objs) if o["kind"] == "ServiceMonitor")
+    assert monitor["spec"]["endpoints"][0]["honorLabels"] is True and monitor["spec"]["endpoints"][0]["port"] == "http"
     dep = next(o for o in _gateway_objects(objs) if o["kind"] == "Deployment")
     c = dep["spec"]["template"]["spec"]["containers"][0]
     assert c["command"] == ["modelyard", "gateway"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -31,7 +32,7 @@ class GatewayProcess:
             assert self.proc.poll() is None, f"gateway exited with {self.proc.returncode}:\n{self.log.read_text()}"
             try:
                 if httpx.get(self.url + "/health", timeout=2).status_code == 200:
-                    ready = {s.split('"')[1] for s in httpx.get(self.url + "/metrics").text.splitlines()
+                    ready = {re.search(r'model="([^"]+)"', s).group(1) for s in httpx.get(self.url + "/metrics").text.splitlines()
                              if s.startswith("modelyard_gateway_replicas_ready{") and not s.endswith(" 0.0")}
                     if set(names) <= ready:
                         return self

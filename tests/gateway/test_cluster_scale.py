@@ -77,10 +77,10 @@ def test_requests_at_zero_are_held_answered_and_the_deployment_scales_back_to_ze
     assert all(r.json()["model"] == "tiny" for r in answers)
 
     m = scrape(url)
-    assert sample(m, "modelyard_gateway_cold_starts_total", model="tiny") == 1
-    assert sample(m, "modelyard_gateway_cold_start_seconds_count", model="tiny") == 1
-    assert sample(m, "modelyard_gateway_queue_wait_seconds_count", model="tiny") == 32
-    assert sample(m, "modelyard_gateway_queue_wait_seconds_sum", model="tiny") > 32 * 0.5  # they really waited
+    assert sample(m, "modelyard_gateway_cold_starts_total", namespace=namespace, model="tiny") == 1
+    assert sample(m, "modelyard_gateway_cold_start_seconds_count", namespace=namespace, model="tiny") == 1
+    assert sample(m, "modelyard_gateway_queue_wait_seconds_count", namespace=namespace, model="tiny") == 32
+    assert sample(m, "modelyard_gateway_queue_wait_seconds_sum", namespace=namespace, model="tiny") > 32 * 0.5  # they really waited
     assert [a["replicas"] for a in played.history.of("add")][:2] == [1, 2]  # the gateway scaled up
 
     # the load is over while pod 2 (slow node) still loads: it must not be removed before it is ready
@@ -92,4 +92,4 @@ def test_requests_at_zero_are_held_answered_and_the_deployment_scales_back_to_ze
     first_removal = min(t for t, w, _ in played.history.events if w == "remove")
     last_answer_ready = max(ready_at.values())
     assert first_removal >= last_answer_ready and set(ready_at) == {1, 2}
-    assert sample(scrape(url), "modelyard_gateway_replicas_desired", model="tiny") == 0
+    assert sample(scrape(url), "modelyard_gateway_replicas_desired", namespace=namespace, model="tiny") == 0

@@ -34,7 +34,7 @@ def fleet(tmp_path_factory):
     }
     try:
         for s in servers.values():
-            s.wait_healthy()
+            s.wait_healthy(timeout=300)
         gw = GatewayProcess([
             {"name": "tiny", "replicas": [servers["tiny-a"].url, servers["tiny-b"].url], "adapters": ["sql", "chat"]},
             {"name": "other", "replicas": [servers["other"].url], "apiKeyFile": str(root / "keys")},
@@ -173,18 +173,18 @@ def test_held_request_without_replicas_ends_in_503_with_retry_after(tmp_path):
         assert "2 requests are already waiting" in messages[0]  # the queue is bounded: the third is refused at once
         assert all("within 1.5s" in m for m in messages[1:]) and waited >= 1.4
         m = scrape(gw.url)
-        assert sample(m, "modelyard_gateway_rejected_total", model="nowhere", reason="timeout") == 2
-        assert sample(m, "modelyard_gateway_rejected_total", model="nowhere", reason="queue_full") == 1
+        assert sample(m, "modelyard_gateway_rejected_total", namespace="default", model="nowhere", reason="timeout") == 2
+        assert sample(m, "modelyard_gateway_rejected_total", namespace="default", model="nowhere", reason="queue_full") == 1
     finally:
         gw.stop()
 
 
 def test_metrics_count_requests_waits_and_rejections(fleet):
     m = scrape(fleet["gw"].url)
-    assert sample(m, "modelyard_gateway_requests_total", model="tiny", code="200") >= 10
-    assert sample(m, "modelyard_gateway_requests_total", model="tiny", code="400") >= 1
-    assert sample(m, "modelyard_gateway_requests_in_flight", model="tiny") == 0
-    assert sample(m, "modelyard_gateway_replicas_ready", model="tiny") == 2
-    assert sample(m, "modelyard_gateway_replicas_ready", model="nowhere") == 0
-    assert sample(m, "modelyard_gateway_queue_wait_seconds_count", model="tiny") >= 10
+    assert sample(m, "modelyard_gateway_requests_total", namespace="default", model="tiny", code="200") >= 10
+    assert sample(m, "modelyard_gateway_requests_total", namespace="default", model="tiny", code="400") >= 1
+    assert sample(m, "modelyard_gateway_requests_in_flight", namespace="default", model="tiny") == 0
+    assert sample(m, "modelyard_gateway_replicas_ready", namespace="default", model="tiny") == 2
+    assert sample(m, "modelyard_gateway_replicas_ready", namespace="default", model="nowhere") == 0
+    assert sample(m, "modelyard_gateway_queue_wait_seconds_count", namespace="default", model="tiny") >= 10
     assert KEY not in json.dumps(list(m))

@@ -24,7 +24,7 @@ def fleet(tmp_path_factory):
     small = Server(["--engine", "accelerate", "--model", str(base), "--served-model-name", "small",
                     "--precision", "float32", "--max-model-len", "256"], root / "small.log")
     try:
-        small.wait_healthy()
+        small.wait_healthy(timeout=300)
         vllm.wait_ready()
         gw = GatewayProcess([{"name": "big", "replicas": [vllm.url], "adapters": ["sql"]},
                              {"name": "small", "replicas": [small.url]}], root)

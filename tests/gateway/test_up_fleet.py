@@ -85,15 +85,15 @@ def test_lazy_model_starts_on_first_request_and_stops_when_idle(up):
     assert [r.status_code for r in answers] == [200] * 4, [r.text for r in answers]
     assert servers(up["proc"], "lazy")
     m = scrape(up["url"])
-    assert sample(m, "modelyard_gateway_cold_starts_total", model="lazy") == 1
-    assert sample(m, "modelyard_gateway_queue_wait_seconds_count", model="lazy") == 4
+    assert sample(m, "modelyard_gateway_cold_starts_total", namespace="default", model="lazy") == 1
+    assert sample(m, "modelyard_gateway_queue_wait_seconds_count", namespace="default", model="lazy") == 4
     deadline = time.monotonic() + 60
     while servers(up["proc"], "lazy"):
         assert time.monotonic() < deadline, "the idle server was not stopped"
         time.sleep(0.5)
     assert servers(up["proc"], "always")  # the other Model is untouched
     assert chat(up["url"], "lazy").status_code == 200  # and it comes back on the next request
-    assert sample(scrape(up["url"]), "modelyard_gateway_cold_starts_total", model="lazy") == 2
+    assert sample(scrape(up["url"]), "modelyard_gateway_cold_starts_total", namespace="default", model="lazy") == 2
 
 
 def test_ctrl_c_stops_every_server(up):

@@ -120,7 +120,7 @@ def _answers(url: str, proc: subprocess.Popen, log: Path) -> bool:
 GATEWAY_MODEL = """\
 apiVersion: modelyard.io/v1alpha1
 kind: Model
-metadata: {{name: {name}}}
+metadata: {{name: {name}, namespace: {namespace}}}
 spec:
   source: {{uri: "file://{path}"}}
   engine: accelerate
@@ -136,7 +136,7 @@ def gateway(tmp_path_factory):
     from modelyard.runtime.tiny import make_tiny_llama
     tmp = tmp_path_factory.mktemp("gateway")
     base = make_tiny_llama(tmp / "tiny-llama")
-    (tmp / "tiny.yaml").write_text(GATEWAY_MODEL.format(name=MODEL, path=base))
+    (tmp / "tiny.yaml").write_text(GATEWAY_MODEL.format(name=MODEL, namespace=NS, path=base))
     port = free_port()
     log = tmp / "up.log"
     proc = subprocess.Popen([MODELYARD, "up", "-f", str(tmp / "tiny.yaml"), "--port", str(port), "--workdir",
@@ -165,8 +165,9 @@ def prometheus(serving, operator, gateway, tmp_path_factory):
         # As the chart's ServiceMonitor: honorLabels keeps the Model's own `namespace` label.
         {"job_name": "modelyard-operator", "honor_labels": True, "static_configs": [{
             "targets": [operator["metrics"]], "labels": {"namespace": "modelyard-system", "pod": "operator-0"}}]},
-        {"job_name": "modelyard-gateway", "static_configs": [{
-            "targets": [gateway.removeprefix("http://")], "labels": {"namespace": NS, "pod": "gateway-0"}}]},
+        # As the chart's gateway ServiceMonitor: honorLabels keeps each Model's own `namespace`.
+        {"job_name": "modelyard-gateway", "honor_labels": True, "static_configs": [{
+            "targets": [gateway.removeprefix("http://")], "labels": {"namespace": "modelyard-system", "pod": "gateway-0"}}]},
     ]
     with start_prometheus(work, scrape, [str(rules)]) as prom:
         yield prom
