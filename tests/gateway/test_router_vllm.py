@@ -25,7 +25,7 @@ def fleet(tmp_path_factory):
                     "--precision", "float32", "--max-model-len", "256"], root / "small.log")
     try:
         small.wait_healthy(timeout=300)
-        vllm.wait_ready()
+        vllm.wait_ready(timeout=480)
         gw = GatewayProcess([{"name": "big", "replicas": [vllm.url], "adapters": ["sql"]},
                              {"name": "small", "replicas": [small.url]}], root)
         gw.wait_routable(["big", "small"])
