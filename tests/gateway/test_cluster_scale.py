@@ -81,7 +81,8 @@ def test_requests_at_zero_are_held_answered_and_the_deployment_scales_back_to_ze
     assert sample(m, "modelyard_gateway_cold_start_seconds_count", namespace=namespace, model="tiny") == 1
     assert sample(m, "modelyard_gateway_queue_wait_seconds_count", namespace=namespace, model="tiny") == 32
     assert sample(m, "modelyard_gateway_queue_wait_seconds_sum", namespace=namespace, model="tiny") > 32 * 0.5  # they really waited
-    assert [a["replicas"] for a in played.history.of("add")][:2] == [1, 2]  # the gateway scaled up
+    added = played.history.of("add")
+    assert len(added) >= 2 and max(a["replicas"] for a in added) == 2  # the gateway scaled 0 → 2 (maxReplicas)
 
     # the load is over while pod 2 (slow node) still loads: it must not be removed before it is ready
     k8s.wait_for(lambda: k8s.get("Deployment", namespace, "tiny")["spec"]["replicas"] == 0, timeout=120,
