@@ -85,8 +85,8 @@ def test_requests_at_zero_are_held_answered_and_the_deployment_scales_back_to_ze
     assert len(added) >= 2 and max(a["replicas"] for a in added) == 2  # the gateway scaled 0 → 2 (maxReplicas)
 
     # the load is over while pod 2 (slow node) still loads: it must not be removed before it is ready
-    k8s.wait_for(lambda: k8s.get("Deployment", namespace, "tiny")["spec"]["replicas"] == 0, timeout=120,
-                 interval=0.2, message="scale-down to zero after the delay")
+    k8s.wait_for(lambda: k8s.get("Deployment", namespace, "tiny")["spec"]["replicas"] == 0 and not played.pods,
+                 timeout=180, interval=0.2, message="scale-down to zero after the delay (and the pods gone)")
     removed = played.history.of("remove")
     assert removed and not any(r["was_loading"] for r in removed), played.history.events
     ready_at = {info["pod"]: t for t, w, info in played.history.events if w == "ready"}
