@@ -52,7 +52,7 @@ class GatewayProcess:
 
 
 def chat(url: str, model: str, text: str = "Hello!", max_tokens: int = 8, headers: dict | None = None,
-         **extra) -> httpx.Response:
+         timeout: float = 300, **extra) -> httpx.Response:
     body = {"model": model, "messages": [{"role": "user", "content": text}], "max_tokens": max_tokens,
             "temperature": 0, **extra}
-    return httpx.post(url + "/v1/chat/completions", json=body, timeout=120, headers=headers)
+    return httpx.post(url + "/v1/chat/completions", json=body, timeout=timeout, headers=headers)

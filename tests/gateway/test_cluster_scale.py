@@ -72,7 +72,7 @@ def test_requests_at_zero_are_held_answered_and_the_deployment_scales_back_to_ze
     url, played = cluster["url"], cluster["played"]
     assert k8s.get("Deployment", namespace, "tiny")["spec"]["replicas"] == 0
     with concurrent.futures.ThreadPoolExecutor(32) as pool:
-        answers = list(pool.map(lambda i: chat(url, "tiny", f"request {i}", max_tokens=4), range(32)))
+        answers = list(pool.map(lambda i: chat(url, "tiny", f"request {i}", max_tokens=4, timeout=600), range(32)))
     assert [r.status_code for r in answers] == [200] * 32, [r.text for r in answers if r.status_code != 200][:3]
     assert all(r.json()["model"] == "tiny" for r in answers)
 
