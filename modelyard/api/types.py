@@ -194,7 +194,7 @@ class ModelSpec(_Base):
     format: Format = Field("auto", description="Format of the weights at the source; auto detects it from the files.")
     precision: Precision = Field("auto", description="Precision to serve at; fp8/int8/int4 quantize (convert step or bitsandbytes at load).")
     engine: Engine = Field("auto", description="Serving engine; auto picks from the plan (vllm on GPUs, accelerate otherwise).")
-    gpus: int = Field(0, description="GPUs per replica; 0 serves on CPU. More than one shards the model (tensor parallel).", ge=0, le=64)
+    gpus: int = Field(0, description="GPUs per replica (over all its nodes); 0 serves on CPU. More than one shards the model: tensor parallel within a node, pipeline parallel across nodes when gpus > gpusPerNode.", ge=0, le=64)
     gpu_memory: str | None = Field(
         None, description="Memory of one GPU (e.g. 80GiB) or a resource profile name (e.g. nvidia-a100-80gb); used by the planner.",
         pattern=GPU_MEMORY, max_length=64,
@@ -205,6 +205,16 @@ class ModelSpec(_Base):
                           "max(replicas, scaling.minReplicas) (replicas must be <= scaling.maxReplicas); the autoscaler owns the count afterwards.", ge=0, le=100)
     scaling: Scaling | None = Field(None, description="Autoscaling between minReplicas and maxReplicas (0 allowed) "
                                     "from in-flight load; absent: spec.replicas, fixed.")
+    gpus_per_node: int | None = Field(
+        None, description="GPUs on each node. gpus above it spread one replica over several nodes (a LeaderWorkerSet: "
+        "tensor parallel within a node, pipeline parallel across nodes). Default: the operator's setting (chart value gpusPerNode, 8).",
+        ge=1, le=64,
+    )
+    nodes: int | None = Field(
+        None, description="Nodes per replica (LeaderWorkerSet size); gpus is split evenly over them. Default: as few as gpusPerNode allows. "
+        "With gpus 0, one vLLM process per node serves a pipeline stage on CPU.",
+        ge=1, le=64,
+    )
     serving: Serving = Field(default_factory=Serving, description="How the model is served.")
     resources: Resources = Field(default_factory=Resources, description="CPU/memory for the serving container.")
     node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the serving pods must match.")
@@ -236,6 +246,14 @@ class ModelSpec(_Base):
         (
             "!has(self.scaling) || self.replicas <= self.scaling.maxReplicas",
             "with scaling set, replicas (the starting count) must be at most scaling.maxReplicas",
+        ),
+        (
+            "!has(self.nodes) || self.gpus % self.nodes == 0",
+            "gpus must be a multiple of nodes: each node gets gpus / nodes GPUs",
+        ),
+        (
+            "!(self.engine == 'accelerate' && has(self.nodes) && self.nodes > 1)",
+            "nodes > 1 needs engine vllm (or auto); the accelerate engine serves on one node",
         ),
     )
 

@@ -26,6 +26,7 @@ from modelyard.operator.resources import (
     endpoint,
     served_adapters,
 )
+from modelyard.operator.resources.leaderworkerset import is_multinode, layout_text
 from modelyard.operator.status import StatusBuilder
 
 FAILURE_REASONS = {"DoesNotFit", "InvalidSpec", "InvalidSource", "DownloadFailed", "ConvertFailed"}
@@ -195,6 +196,8 @@ def _deploy(model: Model, obs: ob.Observed, settings: Settings, sb: StatusBuilde
     sb.set("endpoint", endpoint(model))
     sb.set("replicas", wanted)
     sb.set("readyReplicas", ready)
+    sb.set("nodes", 1)
+    sb.set("layout", layout_text(1, model.spec.gpus, plan))
     at_zero = wanted == 0  # nothing to wait for, even while the Deployment is created or replaced
     if scaled and (at_zero or (obs.deployment is not None and not changing and (ready or sb.previous.get("phase") == "Ready"))):
         failure = ob.server_failure(obs.server_pods) if ready == 0 and wanted else None
@@ -276,4 +279,11 @@ def _decide(model, obs, settings, sb, d, gpu_memory) -> str:
     phase, model_dir = _convert(model, obs, settings, sb, d, result)
     if phase:
         return phase
-    return _deploy(model, obs, settings, sb, d, result.get("plan") or {}, model_dir)
+    plan = result.get("plan") or {}
+    if is_multinode(model, plan, settings):
+        from modelyard.operator.decide_group import deploy_group
+
+        return deploy_group(model, obs, settings, sb, d, plan, model_dir)
+    if obs.lws:  # it was a multi-node Model before
+        d.actions.append(Action("delete", obs.lws))
+    return _deploy(model, obs, settings, sb, d, plan, model_dir)

@@ -93,6 +93,12 @@ INVALID = [
     ("scaling-lb", with_spec(scaling={"loadBalancing": "Random"}), "spec.scaling.loadBalancing", "PrefixHash"),
     ("scaling-unknown", with_spec(scaling={"targetRequests": 4}), "spec.scaling.targetRequests", "unknown field"),
     ("scaling-replicas-over-max", with_spec(replicas=5, scaling={"maxReplicas": 3}), "spec", "at most scaling.maxReplicas"),
+    ("gpus-per-node-zero", with_spec(gpusPerNode=0), "spec.gpusPerNode", "greater than or equal"),
+    ("gpus-per-node-string", with_spec(gpusPerNode="eight"), "spec.gpusPerNode", ""),
+    ("nodes-zero", with_spec(nodes=0), "spec.nodes", "greater than or equal"),
+    ("nodes-too-many", with_spec(nodes=65), "spec.nodes", "less than or equal"),
+    ("nodes-uneven", with_spec(gpus=12, nodes=5), "spec", "gpus must be a multiple of nodes"),
+    ("nodes-accelerate", with_spec(engine="accelerate", gpus=2, nodes=2), "spec", "nodes > 1 needs engine vllm"),
     ("bad-api-version", {**VALID, "apiVersion": "modelyard.io/v1"}, "apiVersion", "v1alpha1"),
     ("bad-name", {**VALID, "metadata": {"name": "Llama_8B"}}, "metadata.name", "DNS-1035"),
     ("long-name", {**VALID, "metadata": {"name": "a" * 53}}, "metadata.name", ""),
@@ -125,6 +131,8 @@ VALID_DOCS = [
     with_spec(source={"uri": "file:///tmp/tiny"}, engine="accelerate", precision="float32"),
     with_spec(source={"uri": "pvc://models/llama/v1"}, format="gguf", precision="bfloat16"),
     with_spec(source={"uri": "https://example.com/model.tar.gz"}, precision="fp8", gpus=1, gpuMemory="24GB"),
+    with_spec(gpus=16, gpusPerNode=8, nodes=2, gpuMemory="80GiB"),
+    with_spec(source={"uri": "file:///tmp/tiny"}, engine="vllm", gpus=0, nodes=2),
 ]
 
 

@@ -37,6 +37,7 @@ class Settings:
     autoscaler: str = "gateway"
     keda: dict[str, Any] = field(default_factory=dict)           # {prometheusAddress, pollingInterval}
     inference_pool: dict[str, Any] = field(default_factory=dict)  # {enabled, endpointPicker: {name, port}}
+    gpus_per_node: int = 8  # GPUs on each node: spec.gpus above it spans nodes (spec.gpusPerNode overrides)
 
     @classmethod
     def from_dict(cls, data: dict | None) -> "Settings":
@@ -52,7 +53,14 @@ class Settings:
             autoscaler=data.get("autoscaler", base.autoscaler),
             keda=dict(data.get("keda") or {}),
             inference_pool=dict(data.get("inferencePool") or {}),
+            gpus_per_node=int(data.get("gpusPerNode") or base.gpus_per_node),
         )
+
+
+def gpus_per_node(model: Model, settings: Settings) -> int:
+    """spec.gpusPerNode, else the gpusPerNode of the profile spec.gpuMemory names, else the setting."""
+    profile = settings.profiles.get(model.spec.gpu_memory or "") or {}
+    return int(model.spec.gpus_per_node or profile.get("gpusPerNode") or settings.gpus_per_node)
 
 
 def labels(model: Model, component: str) -> dict[str, str]:
