@@ -242,10 +242,12 @@ def traffic(prometheus, serving, operator, gateway):
         _chat(serving, MODEL, stream=stream)
     _chat(serving, "sql", stream=True)
     _walk_models(operator["k8s"])
-    for _ in range(2):  # the first is held through the cold start of the Model at zero
+    for n in (1, 2):  # the first is held through the cold start; two rounds so rates see an increase
         r = httpx.post(f"{gateway}/v1/chat/completions", timeout=300, json={
             "model": MODEL, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4})
         assert r.status_code == 200, r.text
+        prometheus.wait_for(lambda: prometheus.values(f'sum(modelyard_gateway_requests_total{{namespace="{NS}"}})')
+                            == [float(n)], 30, f"gateway request {n} scraped")
     prometheus.wait_for(lambda: prometheus.values(f'sum(modelyard_requests_total{{namespace="{NS}"}})') == [6.0],
                         30, "all six requests")
     prometheus.wait_for(lambda: prometheus.values(f'sum(modelyard_gateway_cold_starts_total{{namespace="{NS}"}})') == [1.0],
