@@ -1,4 +1,4 @@
-"""The one command line: ``modelyard validate | plan | download | convert | serve | up | operator``.
+"""The one command line: ``modelyard validate | plan | download | convert | serve | up | operator | gateway``.
 
 Each subcommand lives in its own module under ``modelyard.commands`` and exposes
 ``register(subparsers)``, which adds its parser and sets ``func`` to a callable taking the
@@ -13,7 +13,7 @@ import sys
 
 from modelyard import __version__
 
-COMMANDS = ("validate", "plan", "download", "convert", "serve", "up", "operator", "chat")
+COMMANDS = ("validate", "plan", "download", "convert", "serve", "up", "operator", "gateway", "chat")
 
 
 def build_parser() -> argparse.ArgumentParser:

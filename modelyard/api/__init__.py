@@ -9,12 +9,13 @@ from modelyard.api.types import (
     Adapter,
     Model,
     ModelSpec,
+    Scaling,
     Source,
 )
 from modelyard.api.validate import ValidationError, load_documents, load_model, parse_model
 
 __all__ = [
     "API_VERSION", "GROUP", "KIND", "PLURAL", "QUANTIZED", "VERSION",
-    "Adapter", "Model", "ModelSpec", "Source",
+    "Adapter", "Model", "ModelSpec", "Scaling", "Source",
     "ValidationError", "load_documents", "load_model", "parse_model",
 ]

@@ -101,6 +101,14 @@ STATUS = {
         "nodes": {"type": "integer", "description": "Nodes (pods of a LeaderWorkerSet group) per replica."},
         "replicas": {"type": "integer", "description": "Serving replicas that exist."},
         "readyReplicas": {"type": "integer", "description": "Serving replicas that are ready."},
+        "coldStart": {
+            "type": "object",
+            "description": "With spec.scaling: the last scale-up from zero ready replicas.",
+            "properties": {
+                "startedAt": {"type": "string", "description": "When replicas were asked for while none was ready."},
+                "seconds": {"type": "number", "description": "From startedAt to the first ready replica (absent while starting)."},
+            },
+        },
         "adapters": {
             "type": "array",
             "description": "Adapters and in how many pods each is loaded.",

@@ -243,6 +243,29 @@ class Planner(_Base):
     enforce: bool = Field(True, description="Stop (phase Failed, no weights downloaded) when the plan says the model does not fit.")
 
 
+class Scaling(_Base):
+    """Replicas that follow load, down to zero (KubeAI's minReplicas/maxReplicas/targetRequests).
+
+    Set, it hands the replica count to the gateway's autoscaler (or KEDA): the operator creates the
+    Deployment with max(spec.replicas, minReplicas) replicas and leaves the count alone afterwards.
+    """
+
+    min_replicas: int = Field(1, description="Fewest replicas; 0 scales to zero when idle (the gateway holds requests "
+                              "while the first replica starts).", ge=0, le=100)
+    max_replicas: int = Field(1, description="Most replicas.", ge=1, le=100)
+    target_in_flight: int = Field(8, description="In-flight requests one replica should carry; desired replicas = "
+                                  "ceil(moving average of in-flight / targetInFlight).", ge=1, le=10000)
+    scale_down_delay_seconds: int = Field(30, description="How long load must stay low (at zero: how long the Model "
+                                          "must be idle) before replicas are removed.", ge=0, le=86400)
+    load_balancing: Literal["LeastLoad", "PrefixHash"] = Field(
+        "LeastLoad", description="How the gateway picks a replica: LeastLoad (fewest in-flight) or PrefixHash "
+        "(the same prompt prefix goes to the same replica, with bounded load).")
+
+    RULES: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("self.minReplicas <= self.maxReplicas", "scaling.minReplicas must be less than or equal to scaling.maxReplicas"),
+    )
+
+
 class ModelSpec(_Base):
     """The desired state of a served model."""
 
@@ -257,7 +280,10 @@ class ModelSpec(_Base):
     )
     gpu_resource: str = Field("nvidia.com/gpu", description="Extended resource name that requests GPUs.", pattern=LABEL_KEY, max_length=253)
     adapters: list[Adapter] = Field(default_factory=list, description="LoRA adapters served beside the base model.", max_length=32)
-    replicas: int = Field(1, description="Serving replicas.", ge=0, le=100)
+    replicas: int = Field(1, description="Serving replicas. With spec.scaling set: the Deployment starts with "
+                          "max(replicas, scaling.minReplicas) (replicas must be <= scaling.maxReplicas); the autoscaler owns the count afterwards.", ge=0, le=100)
+    scaling: Scaling | None = Field(None, description="Autoscaling between minReplicas and maxReplicas (0 allowed) "
+                                    "from in-flight load; absent: spec.replicas, fixed.")
     gpus_per_node: int | None = Field(
         None, description="GPUs on each node. gpus above it spread one replica over several nodes (a LeaderWorkerSet: "
         "tensor parallel within a node, pipeline parallel across nodes). Default: the operator's setting (chart value gpusPerNode, 8).",
@@ -295,6 +321,10 @@ class ModelSpec(_Base):
         (
             "!(self.gpus == 0 && has(self.gpuMemory))",
             "gpuMemory only applies when gpus >= 1",
+        ),
+        (
+            "!has(self.scaling) || self.replicas <= self.scaling.maxReplicas",
+            "with scaling set, replicas (the starting count) must be at most scaling.maxReplicas",
         ),
         (
             "!has(self.nodes) || self.gpus % self.nodes == 0",

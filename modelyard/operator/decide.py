@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from modelyard.api import Model
 from modelyard.operator import observe as ob
+from modelyard.operator import scaling
 from modelyard.operator import retry
 from modelyard.operator.resources import (
     Settings,
@@ -20,6 +21,8 @@ from modelyard.operator.resources import (
     build_convert_job,
     build_deployment,
     build_download_job,
+    build_inference_pool,
+    build_scaled_object,
     build_service,
     convert_recipe,
     converted_dir,
@@ -231,34 +234,47 @@ def _describe(recipe: dict) -> str:
 
 def _deploy(model: Model, obs: ob.Observed, settings: Settings, sb: StatusBuilder, d: Decision, plan: dict, model_dir: str) -> str:
     desired = build_deployment(model, settings, plan, model_dir)
+    scaled = model.spec.scaling is not None
+    if scaled:  # the gateway (or KEDA) owns the count: never fight it, not even on a replace
+        desired["spec"]["replicas"] = scaling.current_replicas(model, obs.deployment)
     _ensure(d, build_service(model), obs.service)
     adapters_cm = build_adapters_configmap(model)
     if adapters_cm:
         _ensure(d, adapters_cm, obs.adapters_configmap)
     elif obs.adapters_configmap:
         d.actions.append(Action("delete", obs.adapters_configmap))
-    if _ensure(d, desired, obs.deployment):
+    if _ensure(d, desired, obs.deployment) and not scaled:
         current = (obs.deployment.get("spec") or {}).get("replicas")
         if current != model.spec.replicas:
             d.actions.append(Action("scale", desired, replicas=model.spec.replicas))
+    _integrations(model, obs, settings, d, plan)
     changing = any(a.obj["kind"] == "Deployment" for a in d.actions)
-    ready, rolled = ob.deployment_ready(obs.deployment, model.spec.replicas)
+    wanted = desired["spec"]["replicas"]
+    ready, rolled = ob.deployment_ready(obs.deployment, wanted)
     rolled = rolled and not changing
     sb.set("endpoint", endpoint(model))
-    sb.set("replicas", model.spec.replicas)
+    sb.set("replicas", wanted)
     sb.set("readyReplicas", ready)
     sb.set("nodes", 1)
     sb.set("layout", layout_text(1, model.spec.gpus, plan))
-    if model.spec.replicas == 0:
+    at_zero = wanted == 0  # nothing to wait for, even while the Deployment is created or replaced
+    if scaled and (at_zero or (obs.deployment is not None and not changing and (ready or sb.previous.get("phase") == "Ready"))):
+        failure = ob.server_failure(obs.server_pods) if ready == 0 and wanted else None
+        if failure:
+            return _fail(sb, "Ready", failure["reason"], failure["message"])
+        phase = scaling.autoscaled_status(model, sb, wanted, ready, endpoint(model))
+        _adapters(model, obs, sb, d, ready)
+        return phase
+    if wanted == 0:
         sb.condition("Ready", False, "ScaledToZero", "spec.replicas is 0")
         return "Deploying"
     failure = None if rolled else ob.server_failure(obs.server_pods)
     if failure:
         return _fail(sb, "Ready", failure["reason"], failure["message"])
     if rolled:
-        sb.condition("Ready", True, "Ready", f"{ready}/{model.spec.replicas} replicas serving at {endpoint(model)}{_adapters(model, obs, sb, d, ready)}")
+        sb.condition("Ready", True, "Ready", f"{ready}/{wanted} replicas serving at {endpoint(model)}{_adapters(model, obs, sb, d, ready)}")
         return "Ready"
-    sb.condition("Ready", False, "Deploying", f"{ready}/{model.spec.replicas} replicas ready; waiting for the model to load")
+    sb.condition("Ready", False, "Deploying", f"{ready}/{wanted} replicas ready; waiting for the model to load")
     _waiting(sb, obs.server_pods, "serving")
     return "Deploying"
 
@@ -268,6 +284,17 @@ def _waiting(sb: StatusBuilder, pods: list[dict], step: str) -> None:
     stuck = ob.pod_wait(pods)
     if stuck:
         sb.condition("Degraded", True, stuck["reason"], f"the {step} pod is not running: {stuck['message']}")
+
+
+def _integrations(model: Model, obs: ob.Observed, settings: Settings, d: Decision, plan: dict) -> None:
+    """KEDA's ScaledObject (autoscaler: keda) and the InferencePool (inferencePool.enabled)."""
+    if settings.autoscaler == "keda":
+        scaled = build_scaled_object(model, settings, plan.get("engine") or model.spec.engine)
+        if scaled is not None:
+            _ensure(d, scaled, obs.scaled_object)
+    pool = build_inference_pool(model, settings)
+    if pool is not None:
+        _ensure(d, pool, obs.inference_pool)
 
 
 def _adapters(model: Model, obs: ob.Observed, sb: StatusBuilder, d: Decision, ready: int) -> str:

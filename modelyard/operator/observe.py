@@ -21,6 +21,9 @@ class Observed:
     deployment: dict | None = None
     service: dict | None = None
     adapters_configmap: dict | None = None
+    # only read when the settings ask for them (autoscaler: keda; inferencePool.enabled)
+    scaled_object: dict | None = None
+    inference_pool: dict | None = None
     # adapter name -> serving pods that report it loaded (None: not probed)
     adapter_pods: dict[str, int] | None = None
     # the serving Deployment's pods (crash reasons)

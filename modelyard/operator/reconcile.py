@@ -90,6 +90,10 @@ class Reconciler:
         if model.spec.cache.claim_name:
             obs.converted_elsewhere = self._converted_on_claim(model)
             obs.downloading_elsewhere = self._downloading_on_claim(model)
+        if self.settings.autoscaler == "keda" and model.spec.scaling is not None:
+            obs.scaled_object = self.kube.get("ScaledObject", ns, name)
+        if self.settings.inference_pool.get("enabled"):
+            obs.inference_pool = self.kube.get("InferencePool", ns, name)
         self._observe_group(model, obs)
         if obs.deployment or obs.lws:
             obs.server_pods = self._list("Pod", ns, {INSTANCE_LABEL: name, COMPONENT_LABEL: "server"})

@@ -274,8 +274,30 @@ class LocalRun:
               f"  curl {base}/chat/completions{auth} -H 'Content-Type: application/json' \\\n    -d '{body}'\n\n"
               f"metrics: http://127.0.0.1:{self.opts.port}/metrics   (Ctrl-C stops everything)\n", flush=True)
 
-    def run(self) -> int:
+    def prepare(self) -> list[str]:
+        """download → convert; the `serve` arguments (for runs that start the server later)."""
         source, result = self.download()
         adapters = self.adapters()
         model_dir = self.convert(source, result, adapters)
-        return self.serve(self.serve_args(model_dir, result.get("plan") or {}, adapters))
+        return self.serve_args(model_dir, result.get("plan") or {}, adapters)
+
+    def launch(self, args: list[str]) -> str:
+        """Start the server and return its base URL once /health answers (blocking)."""
+        print(f"[serve] {self.model.name}: modelyard {shlex.join(args)}", flush=True)
+        self.stopping.clear()
+        child = self._start("serve", args)
+        try:
+            self._wait_healthy(child)
+        except BaseException:
+            child.stop()
+            raise
+        return f"http://127.0.0.1:{self.opts.port}"
+
+    def halt(self) -> None:
+        """Stop the server started by ``launch`` (SIGTERM, then SIGKILL after a grace period)."""
+        if self.child:
+            self.child.stop()
+            self.child = None
+
+    def run(self) -> int:
+        return self.serve(self.prepare())

@@ -46,8 +46,9 @@ def test_rate_windows_follow_grafana_and_selectors_follow_the_variables():
 def test_dashboard_has_a_stable_uid_and_the_documented_rows():
     assert DASHBOARD["uid"] == "modelyard" and DASHBOARD["schemaVersion"] >= 36
     rows = [p["title"] for p in DASHBOARD["panels"] if p["type"] == "row"]
-    assert rows == ["Serving", "GPU memory", "Lifecycle", "Operator"]
+    assert rows == ["Serving", "GPU memory", "Lifecycle", "Operator", "Gateway"]
     titles = {p["title"] for p in DASHBOARD["panels"]}
     assert {"GPU memory: used vs planned", "Time to first token", "End-to-end latency", "Tokens per second",
             "Requests in flight and queued", "KV-cache usage (vLLM)", "Time in download / convert / load",
-            "Models by phase"} <= titles
+            "Models by phase", "Gateway: in flight and held", "Gateway: queue wait p95", "Replicas: desired vs ready",
+            "Cold starts"} <= titles

@@ -80,7 +80,9 @@ def test_chart_crd_is_identical_to_crds_dir():
 
 
 def _rules(objs):
-    return [r for o in objs if o["kind"] in ("ClusterRole", "Role") for r in o["rules"]]
+    """The operator's RBAC rules (the gateway's are checked in test_gateway_chart.py)."""
+    return [r for o in objs if o["kind"] in ("ClusterRole", "Role")
+            and (o["metadata"].get("labels") or {}).get("app.kubernetes.io/component") != "gateway" for r in o["rules"]]
 
 
 @pytest.mark.parametrize("values", [v for _, v in VALUE_SETS], ids=IDS)
@@ -114,7 +116,7 @@ def test_namespaced_watch_uses_roles_and_a_minimal_clusterrole():
     cluster = _grants(one(objs, "ClusterRole")["rules"])
     assert cluster == {("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("get", "list", "watch")}
     assert ("kopf.dev", "kopfpeerings", "patch") in _grants(roles[0]["rules"])
-    args = one(objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    args = one(objs, "Deployment", "-modelyard")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert " ".join(args).count("--namespace") == 2 and "team-a" in args and "team-b" in args
     peerings = by_kind(objs, "KopfPeering")
     assert sorted(p["metadata"]["namespace"] for p in peerings) == ["team-a", "team-b"]
@@ -124,7 +126,7 @@ def test_namespaced_watch_uses_roles_and_a_minimal_clusterrole():
 
 
 def test_operator_deployment_runs_modelyard_operator_safely():
-    dep = one(render([]), "Deployment")
+    dep = one(render([]), "Deployment", "-modelyard")
     pod = dep["spec"]["template"]["spec"]
     (c,) = pod["containers"]
     assert c["command"] == ["modelyard", "operator"]
@@ -144,7 +146,7 @@ def test_operator_deployment_runs_modelyard_operator_safely():
 
 def test_two_replicas_share_one_peering():
     objs = render(ALL["two-replicas"])
-    dep = one(objs, "Deployment")
+    dep = one(objs, "Deployment", "-modelyard")
     assert dep["spec"]["replicas"] == 2
     args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[args.index("--peering") + 1] == "modelyard-ha"
@@ -190,7 +192,7 @@ def test_config_values_reach_the_operator(tmp_path):
 
 def test_config_change_rolls_the_operator():
     def checksum(*sets):
-        return one(render([], sets), "Deployment")["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+        return one(render([], sets), "Deployment", "-modelyard")["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
     assert checksum() != checksum("config.images.convert.tag=9.9.9")
 
 
@@ -216,7 +218,7 @@ def test_monitors_scrape_the_right_ports():
     sm = one(objs, "ServiceMonitor")
     assert sm["spec"]["endpoints"][0]["port"] == "metrics" and sm["spec"]["endpoints"][0]["honorLabels"] is True
     svc = one(objs, "Service", "-metrics")
-    assert svc["spec"]["selector"] == one(objs, "Deployment")["spec"]["selector"]["matchLabels"]
+    assert svc["spec"]["selector"] == one(objs, "Deployment", "-modelyard")["spec"]["selector"]["matchLabels"]
 
 
 def test_convert_pods_get_no_egress_and_servers_only_http():
@@ -277,7 +279,7 @@ def test_notes_for_a_namespaced_install_apply_into_a_watched_namespace(tmp_path)
 @pytest.mark.parametrize("values", [v for _, v in VALUE_SETS], ids=IDS)
 def test_operator_cli_accepts_the_rendered_command(values):
     from modelyard.cli import build_parser
-    c = one(render(values), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    c = one(render(values), "Deployment", "-modelyard")["spec"]["template"]["spec"]["containers"][0]
     assert c["command"][0] == "modelyard"
     args = build_parser().parse_args([*c["command"][1:], *c["args"]])
     assert args.command == "operator" and args.metrics_port == 8080
@@ -304,7 +306,9 @@ def test_rbac_lets_children_block_their_models_deletion(values):
     for child in (build_download_job(m, Settings()), build_cache_pvc(m, Settings())):
         assert child["metadata"]["ownerReferences"][0]["blockOwnerDeletion"] is True
     objs = render(values)
-    for role in [o for o in objs if o["kind"] in ("ClusterRole", "Role") and any("models" in r["resources"] for r in o["rules"])]:
+    operator_roles = [o for o in objs if o["kind"] in ("ClusterRole", "Role")
+                      and (o["metadata"].get("labels") or {}).get("app.kubernetes.io/component") != "gateway"]
+    for role in [o for o in operator_roles if any("models" in r["resources"] for r in o["rules"])]:
         assert ("modelyard.io", "models/finalizers", "update") in _grants(role["rules"]), role["metadata"]["name"]
 
 

@@ -46,6 +46,9 @@ class ResourceType:
         if self.status:
             out.append({"name": f"{self.plural}/status", "singularName": "", "namespaced": self.namespaced,
                         "kind": self.kind, "verbs": ["get", "patch", "update"]})
+        if self.kind == "Deployment":
+            out.append({"name": f"{self.plural}/scale", "singularName": "", "namespaced": True, "kind": "Scale",
+                        "group": "autoscaling", "version": "v1", "verbs": ["get", "patch", "update"]})
         if self.log:
             out.append({"name": f"{self.plural}/log", "singularName": "", "namespaced": True,
                         "kind": "Pod", "verbs": ["get"]})
@@ -64,12 +67,13 @@ BUILTINS: list[ResourceType] = [
     ResourceType("batch", "v1", "jobs", "Job", status=True, categories=["all"]),
     ResourceType("apps", "v1", "deployments", "Deployment", short_names=["deploy"], status=True, categories=["all"]),
     ResourceType("coordination.k8s.io", "v1", "leases", "Lease"),
+    ResourceType("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice"),
     ResourceType("events.k8s.io", "v1", "events", "Event", short_names=["ev"]),
     ResourceType("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition",
                  namespaced=False, short_names=["crd", "crds"], status=True),
 ]
 
-NO_SPEC_KINDS = {"ConfigMap", "Secret", "Event", "ServiceAccount", "Lease", "Namespace"}
+NO_SPEC_KINDS = {"ConfigMap", "Secret", "Event", "ServiceAccount", "Lease", "Namespace", "EndpointSlice"}
 
 
 def types_from_crd(crd: dict) -> list[ResourceType]:

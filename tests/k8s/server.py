@@ -14,7 +14,7 @@ import aiohttp.web
 import kmock
 import yaml
 
-from tests.k8s import errors, gc, patching, tables
+from tests.k8s import errors, gc, patching, scale, tables
 from tests.k8s.faults import Faults
 from tests.k8s.registry import Registry, ResourceType
 from tests.k8s.selectors import SelectorError, combined
@@ -120,7 +120,7 @@ class Emulator(kmock.KubernetesEmulator):
         name = rest[1] if len(rest) > 1 else None
         sub = rest[2] if len(rest) > 2 else None
         if sub is not None and sub not in ({"status"} if rt.status else set()) | ({"log"} if rt.log else set()) \
-                | ({"finalize"} if rt.kind == "Namespace" else set()):
+                | ({"finalize"} if rt.kind == "Namespace" else set()) | ({"scale"} if rt.kind in scale.SCALABLE else set()):
             raise _missing_error()
         return Route(rt, namespace if rt.namespaced else None, name, sub)
 
@@ -137,6 +137,11 @@ class Emulator(kmock.KubernetesEmulator):
             pred = combined(params.get("labelSelector"), params.get("fieldSelector"))
             items, rv = store.list(r.rt, r.namespace, pred)
             return self._listing(request, r.rt, items, rv)
+        if r.sub == "scale" and method in ("GET", "PATCH", "PUT"):
+            if method == "GET":
+                return _json(scale.get(store, r.rt, r.namespace, r.name))
+            ctype = request.headers.get("Content-Type", "") if method == "PATCH" else None
+            return _json(scale.write(store, r.rt, r.namespace, r.name, request.text, ctype))
         if method == "GET" and r.sub == "log":
             store.get(r.rt, r.namespace, r.name)
             return aiohttp.web.Response(text=store.logs.get((r.namespace, r.name), ""), content_type="text/plain")

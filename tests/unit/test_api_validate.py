@@ -99,6 +99,14 @@ INVALID = [
     ("trust-remote-code-type", with_spec(serving={"trustRemoteCode": "maybe"}), "spec.serving.trustRemoteCode", ""),
     ("auth-without-key", with_spec(serving={"auth": {"secretRef": {"name": "keys"}}}), "spec.serving.auth.secretRef.key", "required"),
     ("auth-bad-secret-name", with_spec(serving={"auth": {"secretRef": {"name": "A B", "key": "k"}}}), "spec.serving.auth.secretRef.name", ""),
+    ("scaling-min-over-max", with_spec(scaling={"minReplicas": 3, "maxReplicas": 2}), "spec.scaling", "minReplicas must be less than or equal"),
+    ("scaling-min-negative", with_spec(scaling={"minReplicas": -1}), "spec.scaling.minReplicas", "greater than or equal"),
+    ("scaling-max-zero", with_spec(scaling={"maxReplicas": 0}), "spec.scaling.maxReplicas", "greater than or equal to 1"),
+    ("scaling-target-zero", with_spec(scaling={"targetInFlight": 0}), "spec.scaling.targetInFlight", "greater than or equal to 1"),
+    ("scaling-delay-negative", with_spec(scaling={"scaleDownDelaySeconds": -5}), "spec.scaling.scaleDownDelaySeconds", "greater than or equal"),
+    ("scaling-lb", with_spec(scaling={"loadBalancing": "Random"}), "spec.scaling.loadBalancing", "PrefixHash"),
+    ("scaling-unknown", with_spec(scaling={"targetRequests": 4}), "spec.scaling.targetRequests", "unknown field"),
+    ("scaling-replicas-over-max", with_spec(replicas=5, scaling={"maxReplicas": 3}), "spec", "at most scaling.maxReplicas"),
     ("gpus-per-node-zero", with_spec(gpusPerNode=0), "spec.gpusPerNode", "greater than or equal"),
     ("gpus-per-node-string", with_spec(gpusPerNode="eight"), "spec.gpusPerNode", ""),
     ("nodes-zero", with_spec(nodes=0), "spec.nodes", "greater than or equal"),
@@ -153,6 +161,16 @@ def test_defaults_match_the_design():
     spec = parse_model(VALID).spec
     assert (spec.format, spec.precision, spec.engine, spec.gpus, spec.replicas) == ("auto", "auto", "auto", 0, 1)
     assert spec.planner.enforce is True and spec.gpu_resource == "nvidia.com/gpu"
+
+
+def test_scaling_absent_means_fixed_replicas_and_zero_is_allowed():
+    assert parse_model(VALID).spec.scaling is None
+    scaled = parse_model(with_spec(replicas=0, scaling={"minReplicas": 0, "maxReplicas": 4, "targetInFlight": 2,
+                                                        "scaleDownDelaySeconds": 60, "loadBalancing": "PrefixHash"})).spec
+    assert (scaled.replicas, scaled.scaling.min_replicas, scaled.scaling.max_replicas) == (0, 0, 4)
+    defaults = parse_model(with_spec(scaling={})).spec.scaling
+    assert (defaults.min_replicas, defaults.max_replicas, defaults.target_in_flight,
+            defaults.scale_down_delay_seconds, defaults.load_balancing) == (1, 1, 8, 30, "LeastLoad")
 
 
 def test_cli_exit_codes_and_messages(tmp_path, capsys):

@@ -77,3 +77,19 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/name: modelyard
 app.kubernetes.io/component: {{ . }}
 {{- end }}
+
+{{/* Selector labels of the gateway pods. */}}
+{{- define "modelyard.gatewaySelectorLabels" -}}
+app.kubernetes.io/name: {{ include "modelyard.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: gateway
+{{- end }}
+
+{{- define "modelyard.gatewayLabels" -}}
+{{ include "modelyard.labels" . }}
+{{ include "modelyard.gatewaySelectorLabels" . }}
+{{- end }}
+
+{{- define "modelyard.gatewayName" -}}
+{{- printf "%s-gateway" (include "modelyard.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}

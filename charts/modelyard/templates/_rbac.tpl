@@ -35,6 +35,16 @@ The operator's permissions on namespaced objects: the Model and what it owns. No
 - apiGroups: [events.k8s.io]
   resources: [events]
   verbs: [create, patch]
+{{- if eq .Values.config.autoscaler "keda" }}
+- apiGroups: [keda.sh]
+  resources: [scaledobjects]
+  verbs: [create, get, list, watch, patch, update, delete]
+{{- end }}
+{{- if .Values.config.inferencePool.enabled }}
+- apiGroups: [inference.networking.k8s.io]
+  resources: [inferencepools]
+  verbs: [create, get, list, watch, patch, update, delete]
+{{- end }}
 {{- end }}
 
 {{/* kopf scans CRDs to find the resources it serves (cluster-scoped, so always a ClusterRole). */}}

@@ -32,6 +32,11 @@ class Settings:
     profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
     default_storage_class: str | None = None
     image_pull_policy: str = "IfNotPresent"
+    # Who scales Models with spec.scaling: "gateway" (modelyard gateway, scale to zero with held
+    # requests) or "keda" (a KEDA ScaledObject per Model, Prometheus trigger).
+    autoscaler: str = "gateway"
+    keda: dict[str, Any] = field(default_factory=dict)           # {prometheusAddress, pollingInterval}
+    inference_pool: dict[str, Any] = field(default_factory=dict)  # {enabled, endpointPicker: {name, port}}
     # failed steps: runs before giving up, first backoff (doubles per failure), backoff cap
     retry_max_attempts: int = 5
     retry_base_seconds: float = 30.0
@@ -47,11 +52,16 @@ class Settings:
     def from_dict(cls, data: dict | None) -> "Settings":
         data = data or {}
         base = cls()
+        if data.get("autoscaler", base.autoscaler) not in ("gateway", "keda"):
+            raise ValueError(f"autoscaler: {data.get('autoscaler')!r}; valid values: gateway, keda")
         return cls(
             images={**base.images, **(data.get("images") or {})},
             profiles=dict(data.get("profiles") or {}),
             default_storage_class=(data.get("cache") or {}).get("defaultStorageClass"),
             image_pull_policy=data.get("imagePullPolicy", base.image_pull_policy),
+            autoscaler=data.get("autoscaler", base.autoscaler),
+            keda=dict(data.get("keda") or {}),
+            inference_pool=dict(data.get("inferencePool") or {}),
             gpus_per_node=int(data.get("gpusPerNode") or base.gpus_per_node),
             **_retry_settings(data.get("retry") or {}, data.get("deadlines") or {}),
         )

@@ -159,7 +159,7 @@ def build_deployment(model: Model, settings: Settings, plan: dict, model_dir: st
         "kind": "Deployment",
         "metadata": meta,
         "spec": {
-            "replicas": spec.replicas,
+            "replicas": spec.replicas if spec.scaling is None else max(spec.replicas, spec.scaling.min_replicas),
             "selector": {"matchLabels": selector(model, "server")},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0 if spec.gpus else 1, "maxUnavailable": 1}},
             "template": {"metadata": {"labels": pod_labels, "annotations": {SPEC_HASH: template_hash}}, "spec": pod_spec},
