@@ -5,6 +5,7 @@ import math
 from typing import Any
 
 from modelyard.planner import advice
+from modelyard.planner import onnxruntime as ort
 from modelyard.planner.config import Cfg, text_view
 from modelyard.planner.errors import PlanError
 from modelyard.planner.fit import Ask, Fit, fit_for
@@ -17,7 +18,7 @@ from modelyard.planner.precision import (
 from modelyard.planner.result import Plan
 from modelyard.planner.sizes import PROFILES, format_bytes, parse_bytes
 
-ENGINES = ("auto", "vllm", "accelerate")
+ENGINES = ("auto", "vllm", "accelerate", "onnxruntime")
 DEFAULT_PROFILE = "nvidia-a100-80gb"
 INDEX_TOLERANCE = 0.02
 DEFAULT_MAX_POSITIONS = 2048  # e.g. FalconConfig.max_position_embeddings default
@@ -56,11 +57,17 @@ def _host_memory(memory: int | str | None, gpus: int) -> tuple[int, list[str]]:
     ]
 
 
-def _engine(engine: str, gpus: int, c: Cfg, precision: str) -> str:
+def _engine(engine: str, gpus: int, c: Cfg, precision: str, requested: str = "auto",
+            served_adapters: bool = False, notes: list | None = None) -> str:
     if engine not in ENGINES:
         raise PlanError(f"engine: {engine!r} is not one of {', '.join(ENGINES)}")
     if engine != "auto":
         return engine
+    why = ort.auto_picks(gpus, c.architecture, requested, served_adapters)
+    if why:
+        if notes is not None:
+            notes.append(why)
+        return ort.ENGINE
     servable = c.architecture in VLLM_ARCHITECTURES or not c.architecture
     if gpus >= 1 and servable:
         return "vllm"
@@ -93,12 +100,15 @@ def plan(
     config: dict, *, precision: str = "auto", engine: str = "auto", gpus: int = 0,
     gpu_memory: int | str | None = None, max_model_len: int | None = None,
     index: dict | None = None, adapters_max_rank: int | None = None,
-    memory: int | str | None = None,
+    memory: int | str | None = None, served_adapters: bool = False,
 ) -> Plan:
-    """Plan how to load ``config`` (a parsed config.json) on ``gpus`` GPUs (0 = CPU)."""
+    """Plan how to load ``config`` (a parsed config.json) on ``gpus`` GPUs (0 = CPU).
+    ``served_adapters``: LoRA adapters are served beside the model (engine auto then never
+    picks onnxruntime, which serves only merged ones)."""
     kwargs = dict(config=config, precision=precision, engine=engine, gpus=gpus,
                   gpu_memory=gpu_memory, max_model_len=max_model_len, index=index,
-                  adapters_max_rank=adapters_max_rank, memory=memory)
+                  adapters_max_rank=adapters_max_rank, memory=memory,
+                  served_adapters=served_adapters or bool(adapters_max_rank))
     result, base = _plan(**kwargs)
     if not result.fits:
         best, others = advice.suggest(result, kwargs, lambda **kw: _plan(**kw)[0], base)
@@ -120,14 +130,17 @@ def _check_args(gpus: Any, max_model_len: Any) -> None:
         raise PlanError(f"maxModelLen: {max_model_len!r} must be a whole number ≥ 1")
 
 
-def _weights(c: Cfg, precision: str, engine: str, gpus: int, index: dict | None, notes: list):
+def _weights(c: Cfg, precision: str, engine: str, gpus: int, index: dict | None, notes: list,
+             served_adapters: bool = False):
     """Precision, engine and scheme resolved, and the weight bytes they give."""
     lay, more = layout_for(c)
     notes += more
     prec, pre, more = resolve_precision(precision, c)
+    eng = _engine(engine, gpus, c, prec, precision, served_adapters, notes)
+    if eng == ort.ENGINE and pre is None:
+        prec, more = ort.precision_for(precision, gpus), []
     notes += more
-    eng = _engine(engine, gpus, c, prec)
-    quant = scheme_for(prec, eng, pre)
+    quant = ort.SCHEMES.get(prec) if eng == ort.ENGINE and pre is None else scheme_for(prec, eng, pre)
     if precision == "auto" and prec == "float32" and eng == "vllm":
         notes.append("precision auto: the checkpoint is float32 and is planned at float32; "
                      "vLLM's --dtype auto would serve it at 16 bits (set precision bfloat16 to "
@@ -154,13 +167,13 @@ def _context_cap(c: Cfg, max_model_len: int | None, notes: list) -> tuple[int, i
 
 
 def _plan(*, config, precision, engine, gpus, gpu_memory, max_model_len, index,
-          adapters_max_rank, memory) -> tuple[Plan, dict]:
+          adapters_max_rank, memory, served_adapters=False) -> tuple[Plan, dict]:
     _check_args(gpus, max_model_len)
     if not isinstance(config, dict):
         raise PlanError(f"config.json: expected a JSON object, got {type(config).__name__}")
     data, notes = text_view(config)
     c = Cfg(data)
-    lay, prec, pre, eng, quant, wbytes = _weights(c, precision, engine, gpus, index, notes)
+    lay, prec, pre, eng, quant, wbytes = _weights(c, precision, engine, gpus, index, notes, served_adapters)
     gpu_mem, more = _gpu_memory(gpu_memory, gpus)
     notes += more
     host_mem, more = _host_memory(memory, gpus)
@@ -171,7 +184,7 @@ def _plan(*, config, precision, engine, gpus, gpu_memory, max_model_len, index,
     kv_dtype = kv_dtype_bytes(prec)
     ask = Ask(c, wbytes, kv_dtype, kv_dtype, gpus, gpu_mem, host_mem, cap,
               max_model_len is not None, lora)
-    fit = fit_for(eng, ask)
+    fit = ort.fit(ask, c) if eng == ort.ENGINE else fit_for(eng, ask)
     tp = gpus if eng == "vllm" and gpus > 1 else 1
     result = Plan(
         architecture=c.architecture or c.model_type, family=lay.family,
@@ -186,6 +199,8 @@ def _plan(*, config, precision, engine, gpus, gpu_memory, max_model_len, index,
         kv_cache_tokens=fit.kv_tokens, overhead_bytes=fit.overhead_bytes,
         assumptions=notes + fit.notes,
     )
+    if eng == ort.ENGINE and engine == "auto":
+        result.reason += "; " + next(n for n in notes if n.startswith("engine auto chose"))
     return result, {"prequantized": pre is not None}
 
 
