@@ -62,6 +62,13 @@ INVALID = [
     ("adapter-dup", with_spec(adapters=[{"name": "sql", "uri": "hf://a/b"}, {"name": "sql", "uri": "hf://a/c"}]), "spec", "unique"),
     ("onnx-int8", with_spec(format="onnx", precision="int8"), "spec", "onnx"),
     ("fp8-accelerate", with_spec(engine="accelerate", precision="fp8"), "spec", "fp8"),
+    ("onnx-on-vllm", with_spec(format="onnx", engine="vllm"), "spec", "engine onnxruntime"),
+    ("onnx-adapters", with_spec(format="onnx", adapters=[{"name": "sql", "uri": "hf://a/b", "merge": True}]), "spec", "served as they are"),
+    ("ort-int8", with_spec(engine="onnxruntime", precision="int8"), "spec", "float32, float16 (gpus >= 1) or int4"),
+    ("ort-fp16-cpu", with_spec(engine="onnxruntime", precision="float16", gpus=0), "spec", "16-bit floats need gpus: 1"),
+    ("ort-two-gpus", with_spec(engine="onnxruntime", gpus=2), "spec", "one GPU"),
+    ("ort-lora-served", with_spec(engine="onnxruntime", adapters=[{"name": "sql", "uri": "hf://a/b"}]), "spec", "merge: true"),
+    ("engine-onnx-typo", with_spec(engine="onnx"), "spec.engine", "onnxruntime"),
     ("int4-accelerate-cpu", with_spec(engine="accelerate", precision="int4", gpus=0), "spec", "gpus >= 1"),
     ("max-model-len", with_spec(serving={"maxModelLen": 4}), "spec.serving.maxModelLen", "greater than or equal"),
     ("port-low", with_spec(serving={"port": 80}), "spec.serving.port", "greater than or equal"),
@@ -117,6 +124,10 @@ VALID_DOCS = [
     with_spec(source={"uri": "file:///tmp/tiny"}, engine="accelerate", precision="float32"),
     with_spec(source={"uri": "pvc://models/llama/v1"}, format="gguf", precision="bfloat16"),
     with_spec(source={"uri": "https://example.com/model.tar.gz"}, precision="fp8", gpus=1, gpuMemory="24GB"),
+    with_spec(source={"uri": "pvc://models/llama-onnx"}, format="onnx", engine="onnxruntime"),
+    with_spec(source={"uri": "pvc://models/llama-onnx"}, format="onnx"),
+    with_spec(engine="onnxruntime", precision="int4", adapters=[{"name": "sql", "uri": "hf://a/b", "merge": True}]),
+    with_spec(engine="onnxruntime", precision="float16", gpus=1),
 ]
 
 
