@@ -16,7 +16,7 @@ from pathlib import Path
 
 from modelyard.runtime.errors import RuntimeStepError, fail_step
 
-DEFAULT_MAX_BATCH = 8
+from modelyard.planner.onnxruntime import ORT_MAX_BATCH as DEFAULT_MAX_BATCH
 
 
 class EngineConfigError(RuntimeStepError):
@@ -87,4 +87,6 @@ def serve(args) -> int:
     metrics = ServingMetrics("onnxruntime", args.served_model_name, planned_gpu_bytes=args.planned_gpu_bytes)
     engine.on_step = metrics.batch_size.labels(model=args.served_model_name).observe
     engine.on_abandoned = metrics.tokens
-    return server.run(engine, metrics, engine.load, args.host, args.port)
+    from modelyard.runtime.guard import GuardConfig
+
+    return server.run(engine, metrics, engine.load, args.host, args.port, GuardConfig.from_args(args, {}))

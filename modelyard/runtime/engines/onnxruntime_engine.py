@@ -6,7 +6,7 @@ abandoned ones between ``Engine.run`` steps, so a request that arrives while oth
 joins the running batch (up to ``max_batch``) instead of waiting for them to finish. A client that
 goes away cancels its turn at the next step. Stop strings are applied here, on the decoded text,
 because onnxruntime-genai applies them only with paged attention (CUDA); the same goes for seeds,
-which is why a seeded sampling request is refused (``check``).
+which is why a seeded sampling request is refused (``check_job``).
 """
 from __future__ import annotations
 
@@ -84,7 +84,8 @@ class OrtEngine:
 
         config = og.Config(self.model_dir)
         config.overlay(json.dumps({"engine": {"static_batching": {"max_batch_size": self.max_batch}},
-                                   "search": {"num_beams": 1, "min_length": 0}}))
+                                   # the KV buffer is max_batch × max_length tokens: size it to what we serve
+                                   "search": {"num_beams": 1, "min_length": 0, "max_length": self.max_model_len}}))
         if self.cuda:
             config.clear_providers()
             config.append_provider("cuda")
@@ -114,17 +115,24 @@ class OrtEngine:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     @staticmethod
-    def check(job: GenerationJob) -> None:
-        """Refuse what this engine cannot honour, before anything is queued."""
+    def check_job(job: GenerationJob) -> None:
+        """Refuse (400, naming the field) what this engine cannot honour, before anything is queued:
+        onnxruntime-genai's Engine reports chosen tokens only (no logprobs), has no additive
+        penalties nor logit bias, and takes a per-request seed only with paged attention (CUDA)."""
         if job.adapter is not None:
             raise APIError(404, f"The model `{job.adapter}` does not exist.", param="model", code="model_not_found")
-        if job.seed is not None and job.temperature > 0:
-            raise APIError(400, "seed is not supported by the onnxruntime engine when sampling (onnxruntime-genai "
-                           "takes a per-request seed only with paged attention); leave it out or use temperature 0",
-                           param="seed", code="unsupported_parameter")
+        refused = [("logprobs", job.logprobs is not None), ("presence_penalty", bool(job.presence_penalty)),
+                   ("frequency_penalty", bool(job.frequency_penalty)), ("logit_bias", bool(job.logit_bias)),
+                   ("seed", job.seed is not None and job.temperature > 0)]
+        for name, asked in refused:
+            if asked:
+                raise APIError(400, f"{name} is not supported by the onnxruntime engine (onnxruntime-genai's "
+                               f"Engine cannot honour it on this model); leave it out"
+                               + (" or use temperature 0" if name == "seed" else ""),
+                               param=name, code="unsupported_parameter")
 
     async def stream(self, job: GenerationJob):
-        self.check(job)
+        self.check_job(job)
         loop = asyncio.get_running_loop()
         live = Live(job=job, loop=loop, out=asyncio.Queue(), text=TextStream(self.tokenizer, job.stop))
         self._inbox.put(("add", live))
