@@ -14,17 +14,14 @@ from pathlib import Path
 
 from modelyard.runtime.errors import RuntimeStepError
 
-GENAI_CONFIG = "genai_config.json"
+from modelyard.runtime.formats import GENAI_CONFIG, is_onnx_folder  # noqa: F401 (re-exported)
+
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 
 
 class OnnxFolderError(RuntimeStepError):
     def __init__(self, message: str):
         super().__init__("IncompleteOnnxFolder", message)
-
-
-def is_onnx_folder(path: str | Path) -> bool:
-    return (Path(path) / GENAI_CONFIG).is_file()
 
 
 def _genai_config(folder: Path) -> dict:

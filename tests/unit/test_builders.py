@@ -70,7 +70,7 @@ def test_download_job():
     assert main["args"] == [
         "download", "--source", "hf://meta-llama/Llama-3.1-8B", "--dest", base_dir(model()), "--revision", "main",
         "--termination-log", "/dev/termination-log",
-        "--plan-precision", "bfloat16", "--plan-engine", "auto", "--plan-gpus", "2", "--plan-gpu-memory", "80GiB",
+        "--plan-precision", "bfloat16", "--plan-engine", "auto", "--plan-gpus", "2", "--plan-served-adapters", "--plan-gpu-memory", "80GiB",
         "--plan-max-model-len", "8192",
     ]
     # Credentials only through envFrom of the Secret: never in args.

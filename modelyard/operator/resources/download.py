@@ -57,7 +57,10 @@ def build_cache_pvc(model: Model, settings: Settings) -> dict | None:
 def plan_args(model: Model, gpu_memory: str | None) -> list[str]:
     """The planner's inputs, passed to the step that first sees config.json."""
     spec = model.spec
-    args = ["--plan-precision", spec.precision, "--plan-engine", spec.engine, "--plan-gpus", str(spec.gpus)]
+    engine = "onnxruntime" if spec.engine == "auto" and spec.format == "onnx" else spec.engine
+    args = ["--plan-precision", spec.precision, "--plan-engine", engine, "--plan-gpus", str(spec.gpus)]
+    if any(not a.merge for a in spec.adapters):
+        args.append("--plan-served-adapters")
     if gpu_memory:
         args += ["--plan-gpu-memory", gpu_memory]
     if spec.serving.max_model_len:

@@ -47,9 +47,25 @@ def endpoint(model: Model) -> str:
     return f"http://{model.name}.{model.namespace}.svc:{model.spec.serving.port}/v1"
 
 
+IMAGE_KEYS = {"vllm": "serveVllm", "accelerate": "serveAccelerate", "onnxruntime": "serveOnnxruntime"}
+
+
+def serving_engine(model: Model, plan: dict) -> str:
+    """The plan's engine; without a plan, the spec's, and for auto: onnxruntime for an ONNX source,
+    else vllm on GPUs and accelerate on CPU."""
+    spec = model.spec
+    if plan.get("engine"):
+        return plan["engine"]
+    if spec.engine != "auto":
+        return spec.engine
+    if spec.format == "onnx":
+        return "onnxruntime"
+    return "vllm" if spec.gpus else "accelerate"
+
+
 def serve_args(model: Model, plan: dict, model_dir: str) -> list[str]:
     spec = model.spec
-    engine = plan.get("engine") or ("vllm" if spec.gpus else "accelerate")
+    engine = serving_engine(model, plan)
     args = ["serve", "--engine", engine, "--model", model_dir, "--port", str(spec.serving.port),
             "--served-model-name", model.name, "--gpus", str(spec.gpus),
             "--precision", plan.get("precision") or spec.precision]
@@ -82,7 +98,7 @@ def _probes(port: int) -> dict:
 
 def build_deployment(model: Model, settings: Settings, plan: dict, model_dir: str) -> dict:
     spec = model.spec
-    engine = plan.get("engine") or ("vllm" if spec.gpus else "accelerate")
+    engine = serving_engine(model, plan)
     volumes, mounts = scratch_volumes()
     # vLLM's tensor-parallel workers talk through shared memory.
     shm = {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi" if spec.gpus > 1 else "1Gi"}}
@@ -92,7 +108,7 @@ def build_deployment(model: Model, settings: Settings, plan: dict, model_dir: st
         resources["requests"][spec.gpu_resource] = str(spec.gpus)
     container = {
         "name": "server",
-        "image": settings.images["serveVllm" if engine == "vllm" else "serveAccelerate"],
+        "image": settings.images[IMAGE_KEYS[engine]],
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["modelyard"],
         "args": serve_args(model, plan, model_dir),
