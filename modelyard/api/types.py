@@ -104,6 +104,23 @@ class EnvVar(_Base):
     value: str = Field("", description="Variable value. Use a Secret (source.secretRef) for credentials.", max_length=4096)
 
 
+class SecretKeyRef(_Base):
+    """One key of a Secret in the Model's namespace."""
+
+    name: str = Field(description="Name of the Secret.", pattern=DNS_SUBDOMAIN, max_length=253)
+    key: str = Field(description="Key in the Secret whose value is the API key file (one key per line).",
+                     pattern=r"^[-._a-zA-Z0-9]+$", max_length=253)
+
+
+class ServingAuth(_Base):
+    """API keys for the serving endpoint."""
+
+    secret_ref: SecretKeyRef = Field(
+        description="Secret key holding the API keys (one per line), mounted as the server's key file. Every "
+                    "/v1 route then requires 'Authorization: Bearer <key>'; /health and /metrics stay open. "
+                    "Updating the Secret rotates keys without a restart.")
+
+
 class Serving(_Base):
     """How the model is served."""
 
@@ -114,6 +131,10 @@ class Serving(_Base):
     port: int = Field(8000, description="Port of the OpenAI-compatible HTTP server.", ge=1024, le=65535)
     args: list[str] = Field(default_factory=list, description="Extra engine arguments, appended after modelyard's own.", max_length=64)
     env: list[EnvVar] = Field(default_factory=list, description="Extra environment variables for the serving container.", max_length=64)
+    trust_remote_code: bool = Field(
+        False, description="Run Python code shipped with the model (Hugging Face trust_remote_code). Off by default; "
+                           "serving.args cannot turn it on.")
+    auth: ServingAuth | None = Field(None, description="API keys required by the endpoint (off when absent).")
 
 
 def _number_to_str(value):

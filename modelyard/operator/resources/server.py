@@ -22,6 +22,8 @@ from modelyard.operator.resources.download import adapter_dir
 
 ADAPTERS_DIR = "/etc/modelyard/adapters"
 ADAPTERS_FILE = f"{ADAPTERS_DIR}/adapters.json"
+AUTH_DIR = "/etc/modelyard/auth"
+API_KEY_FILE = f"{AUTH_DIR}/api-keys"
 
 
 def served_adapters(model: Model) -> dict[str, str]:
@@ -81,6 +83,12 @@ def serve_args(model: Model, plan: dict, model_dir: str) -> list[str]:
     if served_adapters(model):
         # Not --adapter flags: the file follows the ConfigMap, so adapter changes need no restart.
         args += ["--adapters-file", ADAPTERS_FILE]
+    if spec.serving.trust_remote_code:
+        args.append("--trust-remote-code")
+    if spec.serving.auth:
+        # A directory mount (not subPath): the kubelet updates it when the Secret changes, and the
+        # server re-reads the file, so keys rotate without a restart.
+        args += ["--api-key-file", API_KEY_FILE]
     if spec.serving.args:
         args += ["--", *spec.serving.args]
     return args
@@ -94,6 +102,20 @@ def _probes(port: int) -> dict:
         "readinessProbe": {**get, "periodSeconds": 5, "failureThreshold": 3, "timeoutSeconds": 5},
         "livenessProbe": {**get, "periodSeconds": 15, "failureThreshold": 4, "timeoutSeconds": 10},
     }
+
+
+def _config_volumes(model: Model) -> list[tuple[dict, dict]]:
+    """(volume, mount) of the adapters ConfigMap and the API key Secret, when the Model has them."""
+    out = []
+    if served_adapters(model):
+        out.append(({"name": "adapters", "configMap": {"name": f"{model.name}-adapters"}},
+                    {"name": "adapters", "mountPath": ADAPTERS_DIR, "readOnly": True}))
+    if model.spec.serving.auth:
+        ref = model.spec.serving.auth.secret_ref
+        out.append(({"name": "api-keys", "secret": {"secretName": ref.name, "defaultMode": 0o440,
+                                                     "items": [{"key": ref.key, "path": "api-keys"}]}},
+                    {"name": "api-keys", "mountPath": AUTH_DIR, "readOnly": True}))
+    return out
 
 
 def build_deployment(model: Model, settings: Settings, plan: dict, model_dir: str) -> dict:
@@ -127,9 +149,9 @@ def build_deployment(model: Model, settings: Settings, plan: dict, model_dir: st
         "containers": [container],
         "volumes": [cache_volume(model, read_only=True), shm] + volumes,
     }
-    if served_adapters(model):
-        container["volumeMounts"].append({"name": "adapters", "mountPath": ADAPTERS_DIR, "readOnly": True})
-        pod_spec["volumes"].append({"name": "adapters", "configMap": {"name": f"{model.name}-adapters"}})
+    for volume, mount in _config_volumes(model):
+        pod_spec["volumes"].append(volume)
+        container["volumeMounts"].append(mount)
     if spec.node_selector:
         pod_spec["nodeSelector"] = dict(spec.node_selector)
     if spec.tolerations:

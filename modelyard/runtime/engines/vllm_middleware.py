@@ -10,6 +10,7 @@ Configured by the ``MODELYARD_VLLM`` environment variable (JSON written by ``vll
 - ``/v1/completions``, ``/v1/chat/completions``: the ``modelyard_*`` request, latency, time to
   first token (first body byte / SSE chunk) and token series. Streams ask vLLM for the usage
   chunk and pass it on only when the client asked for it.
+- Fields vLLM would accept and ignore are refused with 400 naming them (``vllm_fields``).
 - ``/metrics``: our registry followed by vLLM's own text (``vllm:*``).
 - ``/v1/load_lora_adapter``: ``validate_adapter`` first (400 with the reason); the adapter gauge
   follows what vLLM accepted, on load and unload.
@@ -20,6 +21,7 @@ import json
 import os
 import time
 
+from modelyard.runtime.engines import vllm_fields
 from modelyard.runtime.guard import Guard, GuardConfig
 from modelyard.runtime.metrics import CONTENT_TYPE, ServingMetrics
 
@@ -80,8 +82,8 @@ def prepare(raw: bytes) -> tuple[dict | None, bool, bool]:
     return body, True, bool(opts.get("include_usage"))
 
 
-async def _json_error(send, status: int, message: str, code: str) -> None:
-    body = json.dumps({"error": {"message": message, "type": "invalid_request_error", "param": None,
+async def _json_error(send, status: int, message: str, code: str | None, param: str | None = None) -> None:
+    body = json.dumps({"error": {"message": message, "type": "invalid_request_error", "param": param,
                                  "code": code}}).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
@@ -198,6 +200,10 @@ class ModelyardMiddleware:
         if raw is None:
             return
         body, streaming, wants_usage = prepare(raw)
+        refused = vllm_fields.refusal(body, endpoint == "chat_completions") if body else None
+        if refused:
+            self.metrics.request_done(self.label(body.get("model")), endpoint, 400)
+            return await _json_error(send, 400, refused[1], None, refused[0])
         if streaming:
             raw = json.dumps(body).encode()
             scope = _with_headers(scope, {b"content-length"}, {b"content-length": str(len(raw)).encode()})
