@@ -91,3 +91,28 @@ def test_serve_refuses_an_incomplete_folder_and_adapters(project, tmp_path):
     r = subprocess.run([MODELYARD, "convert", "--input", str(project / "models" / "tiny-onnx"), "--output",
                         str(tmp_path / "x"), "--engine", "onnxruntime"], capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "AlreadyOnnx" in r.stderr
+
+
+def test_a_lora_adapter_is_merged_at_export(project, tmp_path):
+    """LoRA on this engine means merged at export: the export follows the adapter, not the base."""
+    from tests.runtime.accelerate_helpers import make_adapter
+
+    adapter = make_adapter(project / "src", tmp_path / "lora", seed=5)
+    out = tmp_path / "merged"
+    result = export(project / "src", out, "--merge-adapter", str(adapter))
+    assert result["_rc"] == 0, result["_stderr"]
+    record = json.loads((out / "modelyard-provenance.json").read_text())
+    assert record["recipe"]["adapters"] and record["parity"]["exact"] == 4  # held to the merged model
+    assert not (out / ".hf").exists()
+    base = out.parent / "base-server.log"
+    texts = []
+    for folder, log in ((out, tmp_path / "m.log"), (project / "models" / "tiny-onnx", base)):
+        server = Server(["--engine", "onnxruntime", "--model", str(folder), "--served-model-name", "m"], log)
+        try:
+            server.wait_healthy(300)
+            r = httpx.post(f"{server.url}/v1/completions", json={"model": "m", "prompt": "Hello world",
+                                                                  "max_tokens": 24, "temperature": 0}, timeout=60)
+            texts.append(r.json()["choices"][0]["text"])
+        finally:
+            server.stop()
+    assert texts[0] != texts[1], "the merged adapter changed nothing"
