@@ -136,6 +136,13 @@ class Serving(_Base):
                            "serving.args cannot turn it on.")
     auth: ServingAuth | None = Field(None, description="API keys required by the endpoint (off when absent).")
 
+    RULES: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("!has(self.args) || !self.args.exists(a, a.matches('^-*trust[-_]remote[-_]code'))",
+         "args cannot turn on trust_remote_code; set spec.serving.trustRemoteCode: true instead"),
+        ("!has(self.args) || !self.args.exists(a, a.matches('^--api[-_]key(=.*)?$'))",
+         "args cannot set the API key; use spec.serving.auth.secretRef"),
+    )
+
 
 def _number_to_str(value):
     return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
@@ -193,7 +200,7 @@ class ModelSpec(_Base):
     precision: Precision = Field("auto", description="Precision to serve at; fp8/int8/int4 quantize (convert step or bitsandbytes at load).")
     engine: Engine = Field("auto", description="Serving engine; auto picks from the plan (vllm on GPUs; on CPU onnxruntime for "
                            "architectures its exporter supports, accelerate otherwise; onnxruntime for format onnx).")
-    gpus: int = Field(0, description="GPUs per replica; 0 serves on CPU. More than one shards the model (tensor parallel).", ge=0, le=64)
+    gpus: int = Field(0, description="GPUs per replica (over all its nodes); 0 serves on CPU. More than one shards the model: tensor parallel within a node, pipeline parallel across nodes when gpus > gpusPerNode.", ge=0, le=64)
     gpu_memory: str | None = Field(
         None, description="Memory of one GPU (e.g. 80GiB) or a resource profile name (e.g. nvidia-a100-80gb); used by the planner.",
         pattern=GPU_MEMORY, max_length=64,
@@ -201,6 +208,16 @@ class ModelSpec(_Base):
     gpu_resource: str = Field("nvidia.com/gpu", description="Extended resource name that requests GPUs.", pattern=LABEL_KEY, max_length=253)
     adapters: list[Adapter] = Field(default_factory=list, description="LoRA adapters served beside the base model.", max_length=32)
     replicas: int = Field(1, description="Serving replicas.", ge=0, le=100)
+    gpus_per_node: int | None = Field(
+        None, description="GPUs on each node. gpus above it spread one replica over several nodes (a LeaderWorkerSet: "
+        "tensor parallel within a node, pipeline parallel across nodes). Default: the operator's setting (chart value gpusPerNode, 8).",
+        ge=1, le=64,
+    )
+    nodes: int | None = Field(
+        None, description="Nodes per replica (LeaderWorkerSet size); gpus is split evenly over them. Default: as few as gpusPerNode allows. "
+        "With gpus 0, one vLLM process per node serves a pipeline stage on CPU.",
+        ge=1, le=64,
+    )
     serving: Serving = Field(default_factory=Serving, description="How the model is served.")
     resources: Resources = Field(default_factory=Resources, description="CPU/memory for the serving container.")
     node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the serving pods must match.")
@@ -254,6 +271,14 @@ class ModelSpec(_Base):
             "!(self.engine == 'onnxruntime' && has(self.adapters) && self.adapters.exists(a, !has(a.merge) || !a.merge))",
             "engine onnxruntime serves no separate LoRA adapters: set merge: true on each adapter "
             "(merged into the weights at export), or use engine accelerate or vllm",
+        ),
+        (
+            "!has(self.nodes) || self.gpus % self.nodes == 0",
+            "gpus must be a multiple of nodes: each node gets gpus / nodes GPUs",
+        ),
+        (
+            "!(self.engine == 'accelerate' && has(self.nodes) && self.nodes > 1)",
+            "nodes > 1 needs engine vllm (or auto); the accelerate engine serves on one node",
         ),
     )
 
