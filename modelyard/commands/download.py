@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import traceback
 from pathlib import Path
 
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
@@ -23,8 +24,11 @@ PLAN_KEYS = ("parameters", "weightBytes", "kvCacheBytesPerToken", "engine", "pre
 def register(sub) -> None:
     p = sub.add_parser("download", help="download a model from hf://, s3://, http(s)://, pvc:// or file://",
                        description="Plan, then download, verify and record a model (resumable).")
-    p.add_argument("--source", required=True, help="hf://org/repo, s3://bucket/prefix, https://host/file[.tar.gz|.zip], "
-                   "pvc://claim/path or file:///abs/path")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--source", help="hf://org/repo, s3://bucket/prefix, https://host/file[.tar.gz|.zip], "
+                       "pvc://claim/path or file:///abs/path")
+    where.add_argument("--source-env", metavar="VAR", help="read the source URI from this environment variable "
+                       "(a presigned URL from a Secret: it never appears in the pod's arguments)")
     p.add_argument("--dest", required=True, type=Path, help="destination folder")
     p.add_argument("--revision", help="branch, tag or commit (hf://); default main")
     p.add_argument("--include", action="append", default=[], metavar="GLOB",
@@ -50,8 +54,13 @@ def register(sub) -> None:
 def run(args) -> int:
     from modelyard.runtime.download import Request, download
     from modelyard.runtime.errors import DownloadError
-    from modelyard.runtime.sources import redact
+    from modelyard.uri import redact, scrub
 
+    if args.source_env:
+        args.source = os.environ.get(args.source_env, "")
+        if not args.source:
+            print(f"modelyard download: --source-env: ${args.source_env} is empty or not set", file=sys.stderr)
+            return 2
     plan_args = None if args.no_plan else _plan_args(args)
     bad = _check_plan_args(plan_args)
     if bad:
@@ -67,9 +76,10 @@ def run(args) -> int:
         _write(term, exc.termination_message())
         print(f"modelyard download: {exc.reason}: {exc.message}", file=sys.stderr)
         return exc.exit_code
-    except Exception as exc:  # noqa: BLE001 - still tell Kubernetes why
+    except Exception as exc:  # noqa: BLE001 - still tell Kubernetes why (and the log), without credentials
         _write(term, {"error": {"reason": "DownloadFailed", "message": f"{type(exc).__name__}: {exc}"}, "plan": None})
-        raise
+        print(scrub(traceback.format_exc()), file=sys.stderr)
+        return 1
     _write(term, {**result.termination_message(), "format": _detected_format(args.dest)})
     state = "already downloaded" if result.already else "downloaded"
     print(f"{state}: {len(result.files)} files, {result.bytes} bytes, {redact(args.source)} at "
@@ -157,9 +167,11 @@ def fit(message: dict, limit: int = LIMIT) -> str:
 
 
 def _write(path: Path | None, message: dict) -> None:
+    from modelyard.uri import scrub
+
     if path is None:
         return
     try:
-        path.write_text(fit(message))
+        path.write_text(fit(json.loads(scrub(json.dumps(message)))))
     except OSError as exc:
         print(f"modelyard download: cannot write the termination log {path}: {exc}", file=sys.stderr)

@@ -42,8 +42,11 @@ def source_key(uri: str, revision: str | None, include=()) -> str:
     return digest({"uri": uri, "revision": revision or "", "include": sorted(include)})
 
 
-def resolve_uri(uri: str, yaml_path: Path, cwd: Path | None = None) -> str:
+def resolve_uri(uri: str | None, yaml_path: Path, cwd: Path | None = None) -> str:
     """Absolute ``file:///...`` for a relative ``file://`` URI; other URIs unchanged."""
+    if uri is None:
+        raise StepFailed("download", "uriFrom.secretKeyRef reads the URI from a Kubernetes Secret, which local mode "
+                         "does not have; run `modelyard download --source-env VAR` with the URI in $VAR instead")
     if not uri.startswith("file://") or uri.startswith("file:///"):
         return uri
     rel = uri[len("file://"):]

@@ -154,12 +154,13 @@ def test_switching_between_one_node_and_a_group_deletes_the_other_workload():
     m = model()
     obs = _downloaded(m, PLAN)
     obs.lws_installed = True
-    obs.deployment = {"kind": "Deployment", "metadata": {"name": "big", "namespace": "ml"}}
+    mine = [{"kind": "Model", "name": "big", "uid": "u1", "controller": True}]  # only what the Model controls is deleted
+    obs.deployment = {"kind": "Deployment", "metadata": {"name": "big", "namespace": "ml", "ownerReferences": mine}}
     d = decide(m, None, obs, S, "80GiB")
     assert ("delete", "Deployment") in {(a.verb, a.obj["kind"]) for a in d.actions}
     small = model(gpus=2, adapters=[])
     obs = _downloaded(small, {**PLAN, "nodes": 1, "pipelineParallelSize": 1, "tensorParallelSize": 2})
-    obs.lws = {"kind": "LeaderWorkerSet", "metadata": {"name": "big", "namespace": "ml"}}
+    obs.lws = {"kind": "LeaderWorkerSet", "metadata": {"name": "big", "namespace": "ml", "ownerReferences": mine}}
     d = decide(small, None, obs, S, "80GiB")
     assert ("delete", "LeaderWorkerSet") in {(a.verb, a.obj["kind"]) for a in d.actions}
     assert d.status["layout"] == "1 × 2 GPUs, TP 2 × PP 1"

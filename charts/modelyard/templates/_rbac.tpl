@@ -6,6 +6,11 @@ The operator's permissions on namespaced objects: the Model and what it owns. No
 - apiGroups: [modelyard.io]
   resources: [models, models/status]
   verbs: [get, list, watch, patch, update]
+# children's ownerReferences set blockOwnerDeletion: clusters with the
+# OwnerReferencesPermissionEnforcement admission plugin (e.g. OpenShift) require this
+- apiGroups: [modelyard.io]
+  resources: [models/finalizers]
+  verbs: [update]
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [create, get, list, watch, patch, delete]
