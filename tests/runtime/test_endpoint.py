@@ -184,7 +184,7 @@ REFUSED_BY_ACCELERATE = [  # vLLM honours these; accelerate refuses them by name
 
 
 def call(server, kind, kw):
-    client = openai.OpenAI(base_url=server.url + "/v1", api_key=server.key, max_retries=0, timeout=60)
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key=server.key, max_retries=0, timeout=300)
     api = client.chat.completions if kind == "chat" else client.completions
     out = api.create(model="tiny", **kw)
     return [c.model_dump(exclude_unset=True) for c in out] if kw.get("stream") else out.model_dump(exclude_unset=True)

@@ -11,15 +11,18 @@ IGNORED_BY_VLLM = {
 }
 
 
+_MODELS = {True: ("vllm.entrypoints.openai.chat_completion.protocol", "ChatCompletionRequest"),
+           False: ("vllm.entrypoints.openai.completion.protocol", "CompletionRequest")}
+
+
 def _declared(chat: bool) -> frozenset[str] | None:
-    try:
-        if chat:
-            from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest as Request
-        else:
-            from vllm.entrypoints.openai.completion.protocol import CompletionRequest as Request
-    except ImportError:  # another vLLM layout: vLLM's own validation only
+    import importlib
+
+    module, name = _MODELS[chat]
+    try:  # by name: this runs inside vLLM's server, and modelyard itself never depends on vllm
+        return frozenset(getattr(importlib.import_module(module), name).model_fields)
+    except (ImportError, AttributeError):  # another vLLM layout: vLLM's own validation only
         return None
-    return frozenset(Request.model_fields)
 
 
 _CACHE: dict[bool, frozenset[str] | None] = {}
