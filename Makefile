@@ -3,6 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 VLLM_VENV := .venv-vllm
+GPU_VENV := .venv-gpu
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TOOLS := .tools/bin
@@ -13,7 +14,7 @@ TORCH_VERSION := 2.13.0
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv vllm-env tools test unit integration runtime chart lint crds chart-lint demo bench operator emulator clean
+.PHONY: help venv vllm-env tools test unit integration runtime chart lint crds chart-lint demo bench operator emulator clean gpu-env gpu-check
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -76,4 +77,18 @@ operator: venv ## Run the operator against the cluster in KUBECONFIG
 	$(VENV)/bin/modelyard operator
 
 clean: ## Remove virtualenvs, tools and work folders
-	rm -rf $(VENV) $(VLLM_VENV) .tools .work .demo .bench
+	rm -rf $(VENV) $(VLLM_VENV) $(GPU_VENV) .tools .work .demo .bench
+
+$(GPU_VENV)/.done: pyproject.toml requirements/constraints.txt
+	$(PYTHON) -m venv $(GPU_VENV)
+	$(GPU_VENV)/bin/python -m pip install -q --upgrade pip
+	$(GPU_VENV)/bin/python -m pip install -q torch==$(TORCH_VERSION) vllm==$(VLLM_VERSION) bitsandbytes==0.50.2 accelerate peft
+	$(GPU_VENV)/bin/python -m pip install -q --no-deps -e .
+	$(GPU_VENV)/bin/python -m pip install -q "python-dateutil<3" pydantic pyyaml jsonschema cel-python prometheus-client nvidia-ml-py
+	touch $@
+
+gpu-env: $(GPU_VENV)/.done ## Create .venv-gpu (CUDA vLLM, bitsandbytes) for `make gpu-check`; GPU machines only
+
+gpu-check: venv ## On a GPU machine: NVML vs nvidia-smi, planned vs measured VRAM, TP 2, int8/int4/fp8 -> docs/gpu-check.md
+	@if nvidia-smi -L >/dev/null 2>&1; then $(MAKE) gpu-env; fi
+	PYTHONPATH=$(CURDIR) $(PY) scripts/gpu_check.py --python $(CURDIR)/$(GPU_VENV)/bin/python

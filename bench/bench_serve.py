@@ -1,4 +1,4 @@
-"""Serving overhead: `modelyard serve --engine vllm` (our proxy + metrics) vs the bare vLLM
+"""Serving overhead: `modelyard serve --engine vllm` (our in-process middleware + metrics) vs the bare vLLM
 api_server behind it, on the same tiny Llama, same request mix, same run.
 
 Both servers run at once from the same command line (``build_vllm_args``), ours with the
@@ -259,15 +259,13 @@ def run() -> str:
     share = max(cost.values()) / 1e6 / _pct(bare, 0.5) * 100
     verdict = "within" if share <= 3.0 else "ABOVE"
     lines += ["", f"End to end in this run: p50 {p50:+.1f}%, p95 {p95:+.1f}% (negative: ours was faster). Both "
-                  f"servers share the same 2 cores with other jobs, so this difference is scheduling noise: it "
-                  f"swung between -17% and +35% p50 across runs of this benchmark. The wrapper's "
-                  f"`modelyard_requests_total` matched the requests sent.",
+                  f"servers share the same 2 cores with other jobs, so this difference is mostly scheduling "
+                  f"noise (earlier runs: docs/benchmarks-history.md). The wrapper's "
+                  f"`modelyard_requests_total` matched the requests sent (checked in this run).",
               "",
               f"What the wrapper itself costs, measured without that noise: middleware CPU per request "
               f"(same process, around an ASGI app answering like vLLM) is {cost['plain']:.0f} µs for a JSON "
               f"response and {cost['stream']:.0f} µs for a 32-chunk stream: {share:.2f}% of the bare p50 — "
-              f"{verdict} the 3% target. The first design, a reverse proxy in its own process in front of vLLM, "
-              f"measured +71% p50 / +89% p95 on this machine (every request and chunk needed two extra "
-              f"wake-ups of a process competing for 2 busy cores); the metrics now run inside vLLM's server "
-              f"through its `--middleware` hook."]
+              f"{verdict} the 3% target. The metrics run inside vLLM's server through its `--middleware` hook "
+              f"(why not a reverse proxy: docs/benchmarks-history.md)."]
     return "\n".join(lines) + "\n"

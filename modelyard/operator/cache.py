@@ -5,6 +5,10 @@ the same). A write's response goes into the cache at once, so the next pass sees
 its watch event arrives; an event that is older than what we hold (lower resourceVersion) is
 ignored. Staleness is safe: reconcile is level-based and "already exists" / "already gone" are
 success.
+
+What is kept is what reconcile reads: a Job's metadata (spec-hash annotation, uid, owner) and
+status, not its pod template, which is most of its size (memory per Model: the operator
+benchmark in docs/benchmarks.md).
 """
 from __future__ import annotations
 
@@ -16,6 +20,13 @@ def _rv(obj: dict | None) -> int:
         return int(((obj or {}).get("metadata") or {}).get("resourceVersion") or 0)
     except ValueError:  # opaque on a real server: only compare when numeric
         return 0
+
+
+def _slim(kind: str, obj: dict) -> dict:
+    """The part of an object reconcile reads (a Job without its pod template)."""
+    if kind != "Job" or "template" not in (obj.get("spec") or {}):
+        return obj
+    return {**obj, "spec": {k: v for k, v in obj["spec"].items() if k != "template"}}
 
 
 class Cache:
@@ -39,7 +50,7 @@ class Cache:
                 return False  # the write we already recorded, or an older event
             if _rv(obj) and _rv(obj) <= self._deleted.get(key, 0):
                 return False
-            self._objects[key] = obj
+            self._objects[key] = _slim(kind, obj)
             self._deleted.pop(key, None)
             return True
 

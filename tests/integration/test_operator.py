@@ -100,7 +100,9 @@ def test_convert_then_serve_the_converted_weights(k8s, namespace, operator):
     dep = k8s.wait_for(lambda: k8s.get("Deployment", namespace, "pt"))
     args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[args.index("--model") + 1] == output
-    assert condition(k8s.get("Model", namespace, "pt"), "Converted")["reason"] == "Converted"
+    # The Deployment is created before the same pass patches the status: wait for the patch.
+    k8s.wait_for(lambda: condition(k8s.get("Model", namespace, "pt"), "Converted").get("reason") == "Converted",
+                 message="Converted=True (reason Converted) in the Model's status")
 
 
 def test_spec_changes_replan_or_just_scale(k8s, namespace, operator):
@@ -129,7 +131,8 @@ def test_spec_changes_replan_or_just_scale(k8s, namespace, operator):
     k8s.wait_for(lambda: k8s.get("Deployment", namespace, "chg")["spec"]["template"] != template, message="rolled Deployment")
     args = k8s.get("Deployment", namespace, "chg")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[args.index("--precision") + 1] == "int4"
-    assert k8s.get("Model", namespace, "chg")["status"]["observedGeneration"] == 3
+    k8s.wait_for(lambda: k8s.get("Model", namespace, "chg")["status"].get("observedGeneration") == 3,
+                 message="observedGeneration 3 (the status patch follows the rolled Deployment)")
 
 
 def test_delete_cleans_up_through_owner_references(k8s, namespace, operator):
@@ -157,8 +160,9 @@ def test_second_model_reuses_the_conversion_on_a_shared_cache(k8s, namespace, op
     finish_job(k8s, job2, "download", {"resolvedRevision": "r1", "plan": PLAN})
     dep = k8s.wait_for(lambda: k8s.get("Deployment", namespace, "second"), message="second Deployment")
     assert k8s.get("Job", namespace, "second-convert") is None
-    converted = condition(k8s.get("Model", namespace, "second"), "Converted")
-    assert converted["reason"] == "Reused" and "first" in converted["message"]
+    converted = k8s.wait_for(lambda: (c := condition(k8s.get("Model", namespace, "second"), "Converted"))
+                             .get("reason") == "Reused" and c, message="Converted: Reused in the second Model's status")
+    assert "first" in converted["message"]
     first_args = k8s.get("Deployment", namespace, "first")["spec"]["template"]["spec"]["containers"][0]["args"]
     args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[args.index("--model") + 1] == first_args[first_args.index("--model") + 1]

@@ -32,6 +32,11 @@ def make_adapter(base: Path, out: Path, seed: int, targets=("q_proj", "v_proj"),
     return out
 
 
+# These servers test the CPU path: no GPU may be used or reported, on any machine (CUDA and the
+# NVML series both honour an empty CUDA_VISIBLE_DEVICES).
+CPU_ONLY = {"CUDA_VISIBLE_DEVICES": ""}
+
+
 class Server:
     """`modelyard serve` in a subprocess; ``statuses`` records what /health answered while starting."""
 
@@ -42,7 +47,7 @@ class Server:
         self.statuses: list[int] = []
         cmd = [MODELYARD, "serve", *args, "--host", "127.0.0.1", "--port", str(self.port)]
         self.proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                                     env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+                                     env={**os.environ, **CPU_ONLY, "TOKENIZERS_PARALLELISM": "false"})
 
     def wait_healthy(self, timeout: float = 120) -> "Server":
         deadline = time.monotonic() + timeout

@@ -116,6 +116,31 @@ def commit_folder(repo: Path, message: str = "add files") -> str:
     return git(repo, "rev-parse", "HEAD")
 
 
+def store_in_lfs(repo: Path, *paths: str) -> dict[str, str]:
+    """Turn files of ``repo`` into Git LFS files as the Hub stores them (no git-lfs binary needed):
+    the content moves to ``.git/lfs/objects/<oid[:2]>/<oid[2:4]>/<oid>`` and the committed file
+    becomes the pointer, so olah publishes each file's sha256 (``lfs.oid``) and size. Returns
+    {path: sha256}. Commit afterwards with ``commit_folder``."""
+    import hashlib
+
+    if not (repo / ".git").exists():
+        git(repo, "init", "-q", "-b", "main")
+    shas = {}
+    for rel in paths:
+        f = repo / rel
+        h = hashlib.sha256()
+        with open(f, "rb") as fh:
+            while block := fh.read(1 << 24):
+                h.update(block)
+        oid = shas[rel] = h.hexdigest()
+        store = repo / ".git" / "lfs" / "objects" / oid[:2] / oid[2:4] / oid
+        store.parent.mkdir(parents=True, exist_ok=True)
+        size = f.stat().st_size
+        shutil.move(f, store)
+        f.write_text(f"version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize {size}\n")
+    return shas
+
+
 @contextlib.contextmanager
 def start_olah(workdir: Path):
     workdir = Path(workdir)
@@ -165,13 +190,21 @@ class SeaweedS3:
         return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": self.key,
                 "AWS_SECRET_ACCESS_KEY": self.secret, "AWS_DEFAULT_REGION": "us-east-1"}
 
-    def upload_folder(self, folder: Path, bucket: str, prefix: str) -> None:
+    def upload_folder(self, folder: Path, bucket: str, prefix: str, sha256: bool = False) -> None:
+        """Upload every file; with ``sha256`` as one PUT each with ``ChecksumAlgorithm=SHA256``, so
+        the server publishes the full-object ``x-amz-checksum-sha256`` (multipart would be composite)."""
         c = self.client()
         with contextlib.suppress(c.exceptions.BucketAlreadyOwnedByYou, c.exceptions.BucketAlreadyExists):
             c.create_bucket(Bucket=bucket)
         for f in sorted(Path(folder).rglob("*")):
-            if f.is_file():
-                c.upload_file(str(f), bucket, f"{prefix}/{f.relative_to(folder).as_posix()}")
+            if not f.is_file():
+                continue
+            key = f"{prefix}/{f.relative_to(folder).as_posix()}"
+            if sha256:
+                with open(f, "rb") as body:
+                    c.put_object(Bucket=bucket, Key=key, Body=body, ChecksumAlgorithm="SHA256")
+            else:
+                c.upload_file(str(f), bucket, key)
 
 
 @contextlib.contextmanager

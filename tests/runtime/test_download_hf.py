@@ -14,7 +14,7 @@ import pytest
 from modelyard.runtime.download import MANIFEST, Request, download
 from modelyard.runtime.errors import DownloadError
 from modelyard.runtime.tiny import make_tiny_llama
-from tests.runtime.servers import commit_folder, git, start_olah
+from tests.runtime.servers import commit_folder, git, start_olah, store_in_lfs
 
 MODELYARD = Path(sys.executable).parent / "modelyard"
 BIG_LLAMA = dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
@@ -139,3 +139,35 @@ def test_cli_plan_does_not_fit_downloads_no_weights(hub, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert json.loads(term.read_text())["plan"]["fits"] is False
     assert (tmp_path / "out/model.safetensors").exists()
+
+
+def _lfs_repo(hub, name: str) -> tuple[Path, dict]:
+    repo = hub.repo_dir(name)
+    make_tiny_llama(repo)
+    original = (repo / "model.safetensors").read_bytes()
+    shas = store_in_lfs(repo, "model.safetensors")
+    commit_folder(repo, "weights in LFS")
+    return repo, {"sha256": shas["model.safetensors"], "bytes": original}
+
+
+def test_lfs_sha256_the_hub_publishes_is_verified_and_recorded(env, hub, tmp_path):
+    _, lfs = _lfs_repo(hub, "acme/lfs")
+    _run(tmp_path / "out", uri="hf://acme/lfs")
+    assert (tmp_path / "out" / "model.safetensors").read_bytes() == lfs["bytes"]
+    files = {f["path"]: f for f in json.loads((tmp_path / "out" / MANIFEST).read_text())["files"]}
+    assert files["model.safetensors"]["sha256"] == lfs["sha256"]
+    assert "sha256" not in files["config.json"]  # a plain git file: the Hub publishes no sha256
+
+
+def test_lfs_bytes_that_do_not_match_the_published_sha256_fail(env, hub, tmp_path):
+    repo, lfs = _lfs_repo(hub, "acme/lfs-rotten")
+    oid = lfs["sha256"]
+    stored = repo / ".git" / "lfs" / "objects" / oid[:2] / oid[2:4] / oid
+    rotten = bytearray(stored.read_bytes())
+    rotten[len(rotten) // 2] ^= 0xFF  # one bit-rotten byte on the server, same size
+    stored.write_bytes(bytes(rotten))
+    with pytest.raises(DownloadError) as err:
+        _run(tmp_path / "out", uri="hf://acme/lfs-rotten")
+    assert err.value.reason == "ChecksumMismatch"
+    assert "model.safetensors" in err.value.message and oid in err.value.message
+    assert not (tmp_path / "out" / "model.safetensors").exists()

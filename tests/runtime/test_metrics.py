@@ -42,11 +42,24 @@ def test_constants_are_the_contract_names():
     assert metrics.LATENCY_BUCKETS[0] <= 0.01 and metrics.LATENCY_BUCKETS[-1] >= 120
 
 
-def test_no_gpu_here_means_no_gpu_series_and_no_crash():
+def _no_nvml_library(monkeypatch):
+    """The real pynvml on a node without the NVIDIA driver: loading libnvidia-ml.so.1 fails. Forced,
+    so the test means the same on a GPU machine."""
     import pynvml
 
-    with pytest.raises(pynvml.NVMLError):
-        pynvml.nvmlInit()  # this machine has no GPU driver: the real library says so
+    def missing(name, *a, **kw):
+        raise OSError(f"{name}: cannot open shared object file: No such file or directory")
+
+    monkeypatch.setattr(pynvml, "nvmlLib", None)
+    monkeypatch.setattr(pynvml, "CDLL", missing)
+    return pynvml
+
+
+def test_no_nvml_library_means_no_gpu_series_and_no_crash(monkeypatch):
+    pynvml = _no_nvml_library(monkeypatch)
+    with pytest.raises(pynvml.NVMLError_LibraryNotFound):
+        pynvml.nvmlInit()  # the real library's answer when the driver is absent
+    gpu.reset()
     assert gpu.gpu_memory() == []
     samples = _samples(ServingMetrics("accelerate", "m"))
     assert not any(name.startswith("modelyard_gpu_memory") for name, _ in samples)
@@ -69,13 +82,25 @@ class _NvmlWithTwoGpus:
     def nvmlDeviceGetMemoryInfo(self, handle):
         return SimpleNamespace(used=(handle + 1) * 10 * 2**30, total=80 * 2**30, free=0)
 
+    def nvmlDeviceGetUUID(self, handle):
+        return f"GPU-{handle}aaaaaaa-0000"
+
 
 def test_gpu_memory_per_gpu_at_scrape_time(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setattr(gpu, "_nvml", lambda: _NvmlWithTwoGpus())
     samples = _samples(ServingMetrics("vllm", "m", planned_gpu_bytes=5))
     assert samples[("modelyard_gpu_memory_used_bytes", (("gpu", "1"),))] == 20 * 2**30
     assert samples[("modelyard_gpu_memory_total_bytes", (("gpu", "0"),))] == 80 * 2**30
     assert samples[("modelyard_planned_gpu_memory_bytes", ())] == 5
+
+
+@pytest.mark.parametrize("visible, shown", [("", []), ("-1", []), ("1", [1]), ("0,1", [0, 1]),
+                                             ("GPU-1aaa", [1]), ("GPU-0aaaaaaa-0000,GPU-1", [0, 1])])
+def test_gpu_series_only_for_the_gpus_cuda_visible_devices_allows(monkeypatch, visible, shown):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    monkeypatch.setattr(gpu, "_nvml", lambda: _NvmlWithTwoGpus())
+    assert [g.index for g in gpu.gpu_memory()] == shown
 
 
 def test_requests_tokens_and_adapters_follow_calls():

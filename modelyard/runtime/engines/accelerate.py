@@ -2,8 +2,10 @@
 offload_folder=...)`` shards a model over GPUs, CPU and disk; bitsandbytes quantizes at load time
 (int8/int4, GPU only); peft serves LoRA adapters chosen per request by model name.
 
-Generation runs ``model.generate`` on one worker thread, so requests are served one at a time in
-arrival order (FIFO); adapter load/unload run on the same thread and never race a generation.
+Generation runs ``model.generate`` on one worker thread (``accelerate_batch.py``): queued
+non-streaming requests with the same adapter and sampling settings are batched into one call;
+streaming and seeded requests run alone, in arrival order; adapter load/unload run on the same
+thread and never race a generation.
 """
 from __future__ import annotations
 

@@ -4,7 +4,8 @@ vLLM's own OpenAI server runs as a child process on the public port with the com
 ``build_vllm_args`` plus our ASGI middleware (``vllm_middleware.py``, vLLM's ``--middleware``
 hook), which records the same ``modelyard_*`` metrics as the accelerate engine, serves them with
 vLLM's ``vllm:*`` series at ``/metrics`` and checks adapters on ``/v1/load_lora_adapter``. In
-process, not a reverse proxy: the extra hop cost +71% p50 latency on a busy 2-core machine.
+process, not a reverse proxy: the extra hop cost +71% p50 latency on a busy 2-core machine
+(docs/benchmarks-history.md).
 vLLM starts through ``vllm_launch.py``, which answers 503 on the port while the model loads.
 
 Adapters are checked against the base before vLLM starts: a mismatch is exit code 2 with the

@@ -4,9 +4,13 @@
 vLLM binds its port before loading the engine but only listens once the model is loaded, so
 until then clients (and Kubernetes probes) get "connection refused". Here the bound socket
 listens at once and a tiny placeholder answers every request with 503 ``model_loading`` in
-OpenAI's error shape; when vLLM's HTTP server starts, the middleware calls ``ready()`` through
-``vllm_middleware.ON_READY`` and the placeholder stops. If vLLM's internals this relies on move,
-the launcher falls back to vLLM's own entry point (refused while loading, nothing else lost).
+OpenAI's error shape; when vLLM's app reports its startup complete (the moment uvicorn starts
+accepting), the middleware calls ``ready()`` through ``vllm_middleware.ON_READY`` and the
+placeholder stops; connections it already accepted still get their 503. The placeholder runs in
+its own thread with its own event loop: vLLM blocks its loop while the engine core starts
+(about a minute on a small CPU machine), and a placeholder on that loop would leave requests
+hanging instead. If vLLM's internals this relies on move, the launcher falls back to vLLM's own
+entry point (refused while loading, nothing else lost).
 
 With ``--headless`` (a worker node of a multi-node group) it runs vLLM's headless executor
 instead, as ``vllm serve --headless`` does (the ``vllm`` console script itself does not start
@@ -17,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import socket
+import threading
 
 LOADING = json.dumps({"error": {"message": "The model is still loading; retry when GET /health answers 200.",
                                 "type": "service_unavailable", "param": None, "code": "model_loading"}}).encode()
@@ -36,11 +42,52 @@ async def _answer_loading(reader: asyncio.StreamReader, writer: asyncio.StreamWr
         writer.close()
 
 
-def ready() -> None:
-    """vLLM's HTTP server is starting on the socket: stop answering 503 beside it."""
-    server = _placeholder.pop("server", None)
-    if server is not None:
-        server.close()  # closes our duplicate of the socket; vLLM keeps the original
+class Placeholder:
+    """The 503 server on a listening socket, in a thread with its own event loop."""
+
+    def __init__(self, sock: socket.socket):
+        self.loop = asyncio.new_event_loop()
+        self._started = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(sock,), name="modelyard-loading-503", daemon=True)
+
+    def _run(self, sock: socket.socket) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.server = self.loop.run_until_complete(asyncio.start_server(_answer_loading, sock=sock, backlog=1024))
+        self._started.set()
+        try:
+            self.loop.run_forever()
+        finally:
+            self.loop.close()
+
+    async def _shutdown(self) -> None:
+        self.server.close()  # stop accepting; closes our socket (vLLM's original keeps listening)
+        answering = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        if answering:  # connections already accepted still get their 503
+            await asyncio.wait(answering, timeout=5)
+        self.loop.stop()
+
+    def start(self) -> "Placeholder":
+        self.thread.start()
+        self._started.wait(10)
+        return self
+
+    def stop(self) -> None:
+        """Stop without waiting (called on vLLM's event loop); ``thread.join()`` to wait."""
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self.loop)
+
+
+def start_placeholder(sock: socket.socket) -> Placeholder:
+    """Listen on ``sock`` and answer 503 ``model_loading`` until ``ready()``."""
+    _placeholder["server"] = placeholder = Placeholder(sock).start()
+    return placeholder
+
+
+def ready() -> Placeholder | None:
+    """vLLM's HTTP server answers on the socket: stop answering 503 beside it."""
+    placeholder = _placeholder.pop("server", None)
+    if placeholder is not None:
+        placeholder.stop()
+    return placeholder
 
 
 async def _run(args) -> None:
@@ -56,7 +103,7 @@ async def _run(args) -> None:
     decorate_logs("APIServer", skip_if_decorated=True)
     signal.signal(signal.SIGTERM, interrupt_init)
     listen_address, sock = setup_server(args, reuse_port=False)
-    _placeholder["server"] = await asyncio.start_server(_answer_loading, sock=sock.dup(), backlog=1024)
+    start_placeholder(sock.dup())
     vllm_middleware.ON_READY.append(ready)
     await run_server_worker(listen_address, sock, args)
 

@@ -1,6 +1,7 @@
 """modelyard's metrics and adapter checks inside vLLM's own OpenAI server, as an ASGI middleware
 (vLLM's ``--middleware`` hook). One process, no extra network hop: a reverse proxy in front of
-vLLM measured +71% p50 latency on a busy 2-core machine (docs/benchmarks.md), this adds < 3%.
+vLLM measured +71% p50 latency on a busy 2-core machine (docs/benchmarks-history.md); this
+adds < 3% (docs/benchmarks.md).
 
 Configured by the ``MODELYARD_VLLM`` environment variable (JSON written by ``vllm.py``):
 ``served_model_name``, ``model_dir``, ``max_lora_rank``, ``planned_gpu_bytes``, ``adapters``,
@@ -28,7 +29,23 @@ from modelyard.runtime.guard import Guard, GuardConfig
 from modelyard.runtime.metrics import CONTENT_TYPE, ServingMetrics
 
 ENV = "MODELYARD_VLLM"
-ON_READY: list = []  # called once when vLLM's HTTP server starts (vllm_launch stops its 503 placeholder)
+ON_READY: list = []  # called once vLLM's server accepts requests (vllm_launch stops its 503 placeholder)
+
+
+def _ready() -> None:
+    while ON_READY:
+        ON_READY.pop()()
+
+
+def _ready_after_startup(send):
+    """uvicorn starts accepting right after the app's ``lifespan.startup.complete``: not earlier
+    (vLLM's startup would leave requests waiting unanswered), not at the first request (the
+    placeholder, idle in its own thread, would win every accept race and answer 503 forever)."""
+    async def wrapped(message) -> None:
+        await send(message)
+        if message.get("type") == "lifespan.startup.complete":
+            _ready()
+    return wrapped
 _ENDPOINTS = {"/v1/completions": "completions", "/v1/chat/completions": "chat_completions"}
 
 
@@ -182,15 +199,16 @@ class ModelyardMiddleware:
             from modelyard.runtime.engines.vllm_group import GroupWatch
 
             self.group = GroupWatch(tuple(cfg["group_workers"])).start()
-        while ON_READY:
-            ON_READY.pop()()
 
     def label(self, model) -> str:
         return model if model == self.name or model in self.adapters else "unknown"
 
     async def __call__(self, scope, receive, send):
+        if scope["type"] == "lifespan":
+            return await self.app(scope, receive, _ready_after_startup(send))
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        _ready()  # without a lifespan: the first request shows vLLM's server accepts
         return await self.guard(scope, receive, send)
 
     async def _route(self, scope, receive, send):
