@@ -73,7 +73,8 @@ def build(args):
                                     "(install onnxruntime-genai-cuda) or sees no GPU; use --gpus 0 for CPU")
     extra = _extra(args.extra or [])
     return OrtEngine(str(model_dir), args.served_model_name, cuda=args.gpus == 1,
-                     max_batch=extra["max_batch"], max_model_len=args.max_model_len)
+                     max_batch=extra["max_batch"], max_model_len=args.max_model_len,
+                     trust_remote_code=bool(getattr(args, "trust_remote_code", False)))
 
 
 def serve(args) -> int:

@@ -51,8 +51,9 @@ class OrtEngine:
     engine_name = "onnxruntime"
 
     def __init__(self, model_dir: str, served_model_name: str, cuda: bool, max_batch: int,
-                 max_model_len: int | None = None):
+                 max_model_len: int | None = None, trust_remote_code: bool = False):
         self.model_dir, self.served_model_name, self.cuda = model_dir, served_model_name, cuda
+        self.trust_remote_code = trust_remote_code  # the tokenizer's code only: the graph runs no Python
         self.max_batch, self.requested_len = max_batch, max_model_len
         self.max_model_len = max_model_len or 0
         self.on_step: Callable[[int], None] = lambda size: None
@@ -66,7 +67,7 @@ class OrtEngine:
         thread that made it); return once it is ready, or raise what went wrong."""
         from transformers import AutoTokenizer
 
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir, trust_remote_code=self.trust_remote_code)
         genai = json.loads((Path(self.model_dir) / "genai_config.json").read_text())["model"]
         self.vocab_size = int(genai.get("vocab_size") or len(self.tokenizer))
         context = int(genai.get("context_length") or 0)
