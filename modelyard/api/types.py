@@ -24,7 +24,7 @@ SINGULAR = "model"
 
 Format = Literal["auto", "safetensors", "pytorch", "torchscript", "gguf", "onnx"]
 Precision = Literal["auto", "float32", "float16", "bfloat16", "fp8", "int8", "int4"]
-Engine = Literal["auto", "vllm", "accelerate"]
+Engine = Literal["auto", "vllm", "accelerate", "onnxruntime"]
 QUANTIZED = ("fp8", "int8", "int4")
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -272,7 +272,8 @@ class ModelSpec(_Base):
     source: Source = Field(description="Where the weights come from.")
     format: Format = Field("auto", description="Format of the weights at the source; auto detects it from the files.")
     precision: Precision = Field("auto", description="Precision to serve at; fp8/int8/int4 quantize (convert step or bitsandbytes at load).")
-    engine: Engine = Field("auto", description="Serving engine; auto picks from the plan (vllm on GPUs, accelerate otherwise).")
+    engine: Engine = Field("auto", description="Serving engine; auto picks from the plan (vllm on GPUs; on CPU onnxruntime for "
+                           "architectures its exporter supports, accelerate otherwise; onnxruntime for format onnx).")
     gpus: int = Field(0, description="GPUs per replica (over all its nodes); 0 serves on CPU. More than one shards the model: tensor parallel within a node, pipeline parallel across nodes when gpus > gpusPerNode.", ge=0, le=64)
     gpu_memory: str | None = Field(
         None, description="Memory of one GPU (e.g. 80GiB) or a resource profile name (e.g. nvidia-a100-80gb); used by the planner.",
@@ -325,6 +326,32 @@ class ModelSpec(_Base):
         (
             "!has(self.scaling) || self.replicas <= self.scaling.maxReplicas",
             "with scaling set, replicas (the starting count) must be at most scaling.maxReplicas",
+        ),
+        (
+            "!(self.format == 'onnx' && self.engine in ['vllm', 'accelerate'])",
+            "format onnx is served only by engine onnxruntime (or auto)",
+        ),
+        (
+            "!(self.format == 'onnx' && has(self.adapters) && size(self.adapters) > 0)",
+            "format onnx folders are served as they are: adapters can be neither served nor merged; "
+            "export the model with its adapters merged (engine onnxruntime from a safetensors source)",
+        ),
+        (
+            "!(self.engine == 'onnxruntime' && self.precision in ['fp8', 'int8'])",
+            "engine onnxruntime exports float32, float16 (gpus >= 1) or int4; fp8/int8 need engine vllm",
+        ),
+        (
+            "!(self.engine == 'onnxruntime' && self.gpus == 0 && self.precision in ['float16', 'bfloat16'])",
+            "engine onnxruntime on CPU (gpus 0) runs float32 or int4 exports; 16-bit floats need gpus: 1",
+        ),
+        (
+            "!(self.engine == 'onnxruntime' && self.gpus > 1)",
+            "engine onnxruntime uses one GPU (gpus 0 or 1); use engine vllm to shard over several",
+        ),
+        (
+            "!(self.engine == 'onnxruntime' && has(self.adapters) && self.adapters.exists(a, !has(a.merge) || !a.merge))",
+            "engine onnxruntime serves no separate LoRA adapters: set merge: true on each adapter "
+            "(merged into the weights at export), or use engine accelerate or vllm",
         ),
         (
             "!has(self.nodes) || self.gpus % self.nodes == 0",

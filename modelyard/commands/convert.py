@@ -1,4 +1,5 @@
-"""`modelyard convert`: weights in any supported format → a verified Hugging Face safetensors folder.
+"""`modelyard convert`: weights in any supported format → a verified Hugging Face safetensors folder
+(or, with ``--engine onnxruntime``, a parity-checked onnxruntime-genai export).
 
 The operator's convert Job runs exactly this command; ``modelyard up`` runs it locally. See
 docs/convert.md for formats, precisions and the output layout.
@@ -29,7 +30,11 @@ def register(sub) -> None:
                    help="calibrate with GPTQ on this .jsonl/.txt file or dataset (otherwise calibration-free)")
     p.add_argument("--termination-log", type=Path,
                    help="write the result or error as one JSON object here (default /dev/termination-log when writable)")
-    p.add_argument("--engine", default="vllm", choices=("vllm", "accelerate"), help="the engine that will serve the output")
+    p.add_argument("--engine", default="vllm", choices=("vllm", "accelerate", "onnxruntime"),
+                   help="the engine that will serve the output; onnxruntime exports an ONNX folder "
+                        "(onnxruntime-genai model builder) and checks greedy parity against transformers")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                   help="onnxruntime only: the execution provider the export is built for (default cpu)")
     p.set_defaults(func=run)
 
 
@@ -39,7 +44,7 @@ def run(args) -> int:
 
     req = Request(input=args.input, output=args.output, format=args.format, precision=args.precision,
                   config=args.config, adapters=list(args.adapters), scheme=args.scheme,
-                  calibration=args.calibration, engine=args.engine)
+                  calibration=args.calibration, engine=args.engine, device=args.device)
     try:
         result = convert(req)
     except ConvertError as exc:

@@ -36,7 +36,7 @@ def register(sub) -> None:
     p.add_argument("--termination-log", help=f"where to write the result JSON (default {DEFAULT_TERMINATION_LOG} "
                    "when it exists and is writable)")
     p.add_argument("--plan-precision", help="precision to plan for (auto, float16, bfloat16, int8, int4, ...)")
-    p.add_argument("--plan-engine", help="engine to plan for (auto, vllm, accelerate)")
+    p.add_argument("--plan-engine", help="engine to plan for (auto, vllm, accelerate, onnxruntime)")
     p.add_argument("--plan-gpus", type=int, help="GPUs to plan for (0 = CPU)")
     p.add_argument("--plan-gpu-memory", help="memory per GPU, e.g. 80GiB")
     p.add_argument("--plan-max-model-len", type=int, help="context length to plan for")
@@ -45,6 +45,8 @@ def register(sub) -> None:
     p.add_argument("--no-enforce-plan", dest="enforce_plan", action="store_false",
                    help="download even when the plan says the model does not fit (the plan is enforced only "
                    "when at least one --plan-* flag names a target)")
+    p.add_argument("--plan-served-adapters", action="store_true",
+                   help="LoRA adapters will be served beside the model (engine auto then avoids onnxruntime)")
     p.add_argument("--no-plan", action="store_true", help="skip planning (adapters, sources without config.json)")
     p.set_defaults(func=run)
 
@@ -89,7 +91,10 @@ def _detected_format(dest: str) -> str | None:
     """The weights' format from the files themselves, so the operator knows if a convert step is needed."""
     from modelyard.runtime.formats import detect
     from modelyard.runtime.errors import ConvertError
+    from modelyard.runtime.formats import is_onnx_folder
 
+    if is_onnx_folder(dest):
+        return "onnx"
     try:
         return detect(dest).format
     except ConvertError:  # no weights (an adapter, a tokenizer-only repo) or a mix: convert decides later
@@ -100,7 +105,10 @@ def _plan_args(args) -> dict:
     pairs = {"precision": args.plan_precision, "engine": args.plan_engine, "gpus": args.plan_gpus,
              "gpu_memory": args.plan_gpu_memory, "max_model_len": args.plan_max_model_len,
              "gpus_per_node": args.plan_gpus_per_node, "nodes": args.plan_nodes}
-    return {k: v for k, v in pairs.items() if v is not None}
+    out = {k: v for k, v in pairs.items() if v is not None}
+    if args.plan_served_adapters:
+        out["served_adapters"] = True
+    return out
 
 
 def _check_plan_args(plan_args: dict | None) -> str | None:

@@ -27,7 +27,7 @@ def register(sub) -> None:
     p.add_argument("--nodes", type=int, help="nodes per replica (gpus are split evenly over them)")
     p.add_argument("--memory", help="host memory for CPU plans and offload, e.g. 32Gi")
     p.add_argument("--precision", choices=PRECISIONS)
-    p.add_argument("--engine", choices=("auto", "vllm", "accelerate"))
+    p.add_argument("--engine", choices=("auto", "vllm", "accelerate", "onnxruntime"))
     p.add_argument("--max-model-len", type=int)
     p.add_argument("--adapters-max-rank", type=int, help="largest LoRA rank served")
     p.add_argument("-o", "--output", choices=("table", "json"), default="table")
@@ -41,7 +41,8 @@ def _spec_from_file(path: str) -> dict[str, Any]:
     limits, requests = spec.resources.limits, spec.resources.requests
     return {
         "uri": spec.source.uri, "revision": spec.source.revision, "precision": spec.precision,
-        "engine": spec.engine, "gpus": spec.gpus, "gpu_memory": spec.gpu_memory,
+        "engine": "onnxruntime" if spec.engine == "auto" and spec.format == "onnx" else spec.engine,
+        "gpus": spec.gpus, "gpu_memory": spec.gpu_memory,
         "max_model_len": spec.serving.max_model_len,
         "gpus_per_node": spec.gpus_per_node, "nodes": spec.nodes,
         "memory": limits.get("memory") or requests.get("memory"),

@@ -20,7 +20,7 @@ def register(sub) -> None:
     p = sub.add_parser("serve", help="serve a model over an OpenAI-compatible API with Prometheus metrics",
                        description="Serve a model folder over /v1/models, /v1/completions, "
                                    "/v1/chat/completions, /health and /metrics.")
-    p.add_argument("--engine", required=True, help="serving engine: accelerate or vllm")
+    p.add_argument("--engine", required=True, help="serving engine: accelerate, vllm or onnxruntime")
     p.add_argument("--model", required=True, help="model folder (config.json, weights, tokenizer)")
     p.add_argument("--adapter", action="append", default=[], metavar="NAME=DIR",
                    help="LoRA adapter served as model NAME (repeatable)")

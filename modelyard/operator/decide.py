@@ -224,6 +224,9 @@ def _convert(model: Model, obs: ob.Observed, settings: Settings, sb: StatusBuild
 
 
 def _describe(recipe: dict) -> str:
+    if recipe["engine"] == "onnxruntime":
+        merged = f"; merged adapters {', '.join(recipe['mergeAdapters'])}" if recipe["mergeAdapters"] else ""
+        return f"{recipe['format']} → ONNX ({recipe['precision']}, {recipe['device']}) for onnxruntime{merged}"
     parts = [f"{recipe['format']} → safetensors"]
     if recipe["precision"] != "auto":
         parts.append(f"quantized to {recipe['precision']} for {recipe['engine']}")
@@ -377,6 +380,8 @@ def _decide(model, obs, settings, sb, d, gpu_memory) -> str:
     if phase:
         return phase
     plan = result.get("plan") or {}
+    if result.get("format") == "onnx" and not plan.get("engine"):
+        plan = {**plan, "engine": "onnxruntime"}  # an ONNX export without a config.json to plan from
     if is_multinode(model, plan, settings):
         from modelyard.operator.decide_group import deploy_group
 

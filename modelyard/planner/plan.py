@@ -6,6 +6,7 @@ from dataclasses import replace
 from typing import Any
 
 from modelyard.planner import advice
+from modelyard.planner import onnxruntime as ort
 from modelyard.planner.config import Cfg, text_view
 from modelyard.planner.errors import PlanError
 from modelyard.planner.fit import Ask, Fit, fit_for
@@ -19,7 +20,7 @@ from modelyard.planner.precision import (
 from modelyard.planner.result import Plan
 from modelyard.planner.sizes import PROFILES, format_bytes, parse_bytes
 
-ENGINES = ("auto", "vllm", "accelerate")
+ENGINES = ("auto", "vllm", "accelerate", "onnxruntime")
 DEFAULT_PROFILE = "nvidia-a100-80gb"
 INDEX_TOLERANCE = 0.02
 DEFAULT_MAX_POSITIONS = 2048  # e.g. FalconConfig.max_position_embeddings default
@@ -58,7 +59,8 @@ def _host_memory(memory: int | str | None, gpus: int) -> tuple[int, list[str]]:
     ]
 
 
-def _engine(engine: str, gpus: int, c: Cfg, precision: str, multi: bool = False) -> str:
+def _engine(engine: str, gpus: int, c: Cfg, precision: str, multi: bool = False, requested: str = "auto",
+            served_adapters: bool = False, notes: list | None = None) -> str:
     if engine not in ENGINES:
         raise PlanError(f"engine: {engine!r} is not one of {', '.join(ENGINES)}")
     if multi and engine == "accelerate":
@@ -68,6 +70,11 @@ def _engine(engine: str, gpus: int, c: Cfg, precision: str, multi: bool = False)
         return "vllm"
     if engine != "auto":
         return engine
+    why = ort.auto_picks(gpus, c.architecture, requested, served_adapters)
+    if why:
+        if notes is not None:
+            notes.append(why)
+        return ort.ENGINE
     servable = c.architecture in VLLM_ARCHITECTURES or not c.architecture
     if gpus >= 1 and servable:
         return "vllm"
@@ -101,15 +108,19 @@ def plan(
     gpu_memory: int | str | None = None, max_model_len: int | None = None,
     index: dict | None = None, adapters_max_rank: int | None = None,
     memory: int | str | None = None, gpus_per_node: int | None = None, nodes: int | None = None,
+    served_adapters: bool = False,
 ) -> Plan:
     """Plan how to load ``config`` (a parsed config.json) on ``gpus`` GPUs (0 = CPU) per replica.
 
     ``gpus=None`` lets the planner choose: the fewest nodes of ``gpus_per_node`` GPUs (default 8),
-    then the fewest GPUs, that fit (see ``parallel.py``). ``nodes`` fixes the node count."""
+    then the fewest GPUs, that fit (see ``parallel.py``). ``nodes`` fixes the node count.
+    ``served_adapters``: LoRA adapters are served beside the model (engine auto then never
+    picks onnxruntime, which serves only merged ones)."""
     kwargs = dict(config=config, precision=precision, engine=engine, gpus=gpus,
                   gpu_memory=gpu_memory, max_model_len=max_model_len, index=index,
                   adapters_max_rank=adapters_max_rank, memory=memory,
-                  gpus_per_node=gpus_per_node, nodes=nodes)
+                  gpus_per_node=gpus_per_node, nodes=nodes,
+                  served_adapters=served_adapters or bool(adapters_max_rank))
     result, base = _plan(**kwargs)
     if not result.fits and gpus is not None:
         best, others = advice.suggest(result, kwargs, lambda **kw: _plan(**kw)[0], base)
@@ -148,14 +159,16 @@ def _check_args(gpus: Any, max_model_len: Any) -> None:
 
 
 def _weights(c: Cfg, precision: str, engine: str, gpus: int, index: dict | None, notes: list,
-             multi: bool = False):
+             multi: bool = False, served_adapters: bool = False):
     """Precision, engine and scheme resolved, and the weight bytes they give."""
     lay, more = layout_for(c)
     notes += more
     prec, pre, more = resolve_precision(precision, c)
+    eng = _engine(engine, gpus, c, prec, multi, precision, served_adapters, notes)
+    if eng == ort.ENGINE and pre is None:
+        prec, more = ort.precision_for(precision, gpus), []
     notes += more
-    eng = _engine(engine, gpus, c, prec, multi)
-    quant = scheme_for(prec, eng, pre)
+    quant = ort.SCHEMES.get(prec) if eng == ort.ENGINE and pre is None else scheme_for(prec, eng, pre)
     if precision == "auto" and prec == "float32" and eng == "vllm":
         notes.append("precision auto: the checkpoint is float32 and is planned at float32; "
                      "vLLM's --dtype auto would serve it at 16 bits (set precision bfloat16 to "
@@ -182,7 +195,8 @@ def _context_cap(c: Cfg, max_model_len: int | None, notes: list) -> tuple[int, i
 
 
 def _plan(*, config, precision, engine, gpus, gpu_memory, max_model_len, index,
-          adapters_max_rank, memory, gpus_per_node=None, nodes=None) -> tuple[Plan, dict]:
+          adapters_max_rank, memory, gpus_per_node=None, nodes=None,
+          served_adapters=False) -> tuple[Plan, dict]:
     _check_args(gpus, max_model_len)
     if not isinstance(config, dict):
         raise PlanError(f"config.json: expected a JSON object, got {type(config).__name__}")
@@ -194,7 +208,8 @@ def _plan(*, config, precision, engine, gpus, gpu_memory, max_model_len, index,
     data, notes = text_view(config)
     c = Cfg(data)
     hw_gpus = 1 if searched else gpus
-    lay, prec, pre, eng, quant, wbytes = _weights(c, precision, engine, hw_gpus, index, notes, multi)
+    lay, prec, pre, eng, quant, wbytes = _weights(c, precision, engine, hw_gpus, index, notes, multi,
+                                                  served_adapters)
     gpu_mem, more = _gpu_memory(gpu_memory, hw_gpus)
     notes += more
     host_mem, more = _host_memory(memory, hw_gpus)
@@ -205,7 +220,7 @@ def _plan(*, config, precision, engine, gpus, gpu_memory, max_model_len, index,
     kv_dtype = kv_dtype_bytes(prec)
     ask = Ask(c, wbytes, kv_dtype, kv_dtype, hw_gpus, gpu_mem, host_mem, cap,
               max_model_len is not None or searched, lora)
-    fit_fn = P.fitter(eng, ask, lay)
+    fit_fn = (lambda par: ort.fit(ask, c)) if eng == ort.ENGINE else P.fitter(eng, ask, lay)
     if searched and eng != "vllm":
         nodes = 1  # only vLLM serves across nodes
     par, fit, problem = _layout(c, fit_fn, gpus, per_node, nodes, searched, eng == "vllm")
@@ -223,9 +238,11 @@ def _plan(*, config, precision, engine, gpus, gpu_memory, max_model_len, index,
         kv_cache_tokens=fit.kv_tokens, overhead_bytes=fit.overhead_bytes,
         pipeline_parallel_size=par.pp, nodes=par.nodes, gpus_per_node=par.gpus_per_node,
         layout=P.explain(par, c, searched) if eng == "vllm" or par.nodes > 1 else
-        f"accelerate places the layers over {par.gpus or 'no'} GPUs (device_map auto)",
+        f"{eng} places the layers over {par.gpus or 'no'} GPUs" + (" (device_map auto)" if eng == "accelerate" else ""),
         assumptions=notes + fit.notes,
     )
+    if eng == ort.ENGINE and engine == "auto":
+        result.reason += "; " + next(n for n in notes if n.startswith("engine auto chose"))
     return result, {"prequantized": pre is not None}
 
 

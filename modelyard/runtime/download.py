@@ -255,7 +255,7 @@ def _plan(dest: Path, req: Request, stream) -> dict | None:
     index_path = dest / "model.safetensors.index.json"
     try:
         index = json.loads(index_path.read_text()) if index_path.is_file() else None
-        result = make_plan(json.loads(config.read_text()), index=index, **req.plan_args)
+        result = make_plan(json.loads(config.read_text()), index=index, **_onnx_engine(dest, req.plan_args))
     except (ValueError, KeyError, TypeError) as exc:  # PlanError is a ValueError
         log(stream, f"plan skipped: {exc}")
         return None
@@ -266,6 +266,15 @@ def _plan(dest: Path, req: Request, stream) -> dict | None:
                                 "pass --no-enforce-plan to download anyway)", plan=plan)
         log(stream, f"the plan says it does not fit: {result.reason} (downloading anyway)")
     return plan
+
+
+def _onnx_engine(dest: Path, plan_args: dict) -> dict:
+    """An ONNX export is served by onnxruntime: plan for that engine when the spec says auto."""
+    from modelyard.runtime.formats import is_onnx_folder
+
+    if plan_args.get("engine", "auto") == "auto" and is_onnx_folder(dest):
+        return {**plan_args, "engine": "onnxruntime"}
+    return plan_args
 
 
 def _finish(req: Request, dest: Path, result: Result) -> Result:

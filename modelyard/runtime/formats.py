@@ -30,6 +30,14 @@ class Detected:
     notes: list[str] = field(default_factory=list)
 
 
+GENAI_CONFIG = "genai_config.json"  # what the onnxruntime-genai model builder writes beside model.onnx
+
+
+def is_onnx_folder(path: str | Path) -> bool:
+    """An onnxruntime-genai export (served as it is by the onnxruntime engine, never converted)."""
+    return (Path(path) / GENAI_CONFIG).is_file()
+
+
 def detect(path: str | Path, requested: str = "auto") -> Detected:
     path = Path(path)
     if requested == "onnx":

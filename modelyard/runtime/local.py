@@ -127,7 +127,10 @@ class LocalRun:
     # -- steps -------------------------------------------------------------------------------
     def _plan_flags(self) -> list[str]:
         s = self.spec
-        flags = ["--plan-precision", s.precision, "--plan-engine", s.engine, "--plan-gpus", str(s.gpus)]
+        engine = "onnxruntime" if s.engine == "auto" and s.format == "onnx" else s.engine
+        flags = ["--plan-precision", s.precision, "--plan-engine", engine, "--plan-gpus", str(s.gpus)]
+        if any(not a.merge for a in s.adapters):
+            flags.append("--plan-served-adapters")
         if s.gpu_memory:
             flags += ["--plan-gpu-memory", s.gpu_memory]
         if s.serving.max_model_len:
@@ -176,6 +179,11 @@ class LocalRun:
         fmt = s.format if s.format != "auto" else (detected or "safetensors")
         precision, engine = plan.get("precision") or s.precision, plan.get("engine") or s.engine
         merge = sorted(a.name for a in s.adapters if a.merge)
+        if fmt == "onnx":
+            return None  # an ONNX export is served as it is
+        if engine == "onnxruntime":
+            return {"format": fmt, "precision": precision, "engine": engine, "mergeAdapters": merge,
+                    "device": "cuda" if s.gpus else "cpu"}
         quantize = engine == "vllm" and precision in QUANTIZED and not plan.get("preQuantized")
         if fmt == "safetensors" and not quantize and not merge:
             return None
@@ -190,6 +198,8 @@ class LocalRun:
                                                  "recipe": recipe})
         args = ["convert", "--input", str(source), "--output", str(out), "--format", recipe["format"],
                 "--precision", recipe["precision"], "--engine", recipe["engine"]]
+        if recipe.get("device"):
+            args += ["--device", recipe["device"]]
         for name in recipe["mergeAdapters"]:
             args += ["--merge-adapter", str(adapters[name])]
         print(f"[convert] {recipe} -> {out}", flush=True)
@@ -198,7 +208,8 @@ class LocalRun:
 
     def serve_args(self, model_dir: Path, plan: dict, adapters: dict[str, Path]) -> list[str]:
         s = self.spec
-        engine = plan.get("engine") or (s.engine if s.engine != "auto" else ("vllm" if s.gpus else "accelerate"))
+        engine = plan.get("engine") or (s.engine if s.engine != "auto" else (
+            "onnxruntime" if s.format == "onnx" or plan.get("format") == "onnx" else ("vllm" if s.gpus else "accelerate")))
         args = ["serve", "--engine", engine, "--model", str(model_dir), "--host", self.opts.host,
                 "--port", str(self.opts.port), "--served-model-name", self.model.name, "--gpus", str(s.gpus),
                 "--precision", plan.get("precision") or s.precision]
@@ -279,7 +290,8 @@ class LocalRun:
         source, result = self.download()
         adapters = self.adapters()
         model_dir = self.convert(source, result, adapters)
-        return self.serve_args(model_dir, result.get("plan") or {}, adapters)
+        plan = {**(result.get("plan") or {}), **({"format": "onnx"} if result.get("format") == "onnx" else {})}
+        return self.serve_args(model_dir, plan, adapters)
 
     def launch(self, args: list[str]) -> str:
         """Start the server and return its base URL once /health answers (blocking)."""

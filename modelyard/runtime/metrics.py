@@ -81,7 +81,7 @@ class ServingMetrics:
         self.in_flight = Gauge(REQUESTS_IN_FLIGHT, "Requests being served now", registry=r)
         self.adapter_loaded = Gauge(ADAPTER_LOADED, "1 for each LoRA adapter loaded", ["adapter"], registry=r)
         self.model_load_seconds = Gauge(MODEL_LOAD_SECONDS, "Seconds the model took to load", registry=r)
-        self.batch_size = Histogram(BATCH_SIZE, "Requests served by one generate() call (accelerate engine)",
+        self.batch_size = Histogram(BATCH_SIZE, "Requests served together by one generate() call (accelerate) or one engine step (onnxruntime)",
                                     ["model"], buckets=BATCH_BUCKETS, registry=r)
         Info(ENGINE_INFO[: -len("_info")], "Serving engine and model", registry=r).info(
             {"engine": engine, "model": model})

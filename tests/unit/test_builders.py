@@ -70,7 +70,7 @@ def test_download_job():
     assert main["args"] == [
         "download", "--source", "hf://meta-llama/Llama-3.1-8B", "--dest", base_dir(model()), "--revision", "main",
         "--termination-log", "/dev/termination-log",
-        "--plan-precision", "bfloat16", "--plan-engine", "auto", "--plan-gpus", "2", "--plan-gpu-memory", "80GiB",
+        "--plan-precision", "bfloat16", "--plan-engine", "auto", "--plan-gpus", "2", "--plan-served-adapters", "--plan-gpu-memory", "80GiB",
         "--plan-max-model-len", "8192",
     ]
     # Credentials only through envFrom of the Secret: never in args.
@@ -189,6 +189,8 @@ def test_api_keys_come_from_a_secret_mounted_as_a_file_and_trust_remote_code_is_
                                            "items": [{"key": "keys", "path": "api-keys"}]}} in pod["volumes"]
     assert c["startupProbe"]["httpGet"]["path"] == "/health"  # probes stay open
     assert not any("llama-keys" in json.dumps(e) for e in c.get("env", []))
+
+
 def test_download_job_reads_a_uri_from_a_secret_never_from_its_args():
     m = model(source={"uriFrom": {"secretKeyRef": {"name": "presigned", "key": "url"}}},
               adapters=[{"name": "sql", "uriFrom": {"secretKeyRef": {"name": "presigned", "key": "adapter"}}}])

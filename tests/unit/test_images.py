@@ -40,6 +40,7 @@ ENTRY = {
     "convert": ("convert", ["modelyard.commands.convert"]),
     "serve-accelerate": ("serve", ["modelyard.commands.serve", engines.ENGINES["accelerate"]]),
     "serve-vllm": ("serve", ["modelyard.commands.serve", engines.ENGINES["vllm"]]),
+    "serve-onnxruntime": ("serve", ["modelyard.commands.serve", engines.ENGINES["onnxruntime"]]),
 }
 # Modules whose constants are imported but whose functions (and their lazy imports) no image's
 # command calls: only their top-level imports count. Keep this list short and justified.

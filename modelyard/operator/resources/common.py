@@ -27,6 +27,7 @@ class Settings:
             "convert": "ghcr.io/modelyard/convert:0.1.0",
             "serveVllm": "ghcr.io/modelyard/serve-vllm:0.1.0",
             "serveAccelerate": "ghcr.io/modelyard/serve-accelerate:0.1.0",
+            "serveOnnxruntime": "ghcr.io/modelyard/serve-onnxruntime:0.1.0",
         }
     )
     profiles: dict[str, dict[str, Any]] = field(default_factory=dict)

@@ -37,6 +37,10 @@ def convert_recipe(model: Model, plan: dict, detected: str | None) -> dict | Non
     precision = plan.get("precision") or model.spec.precision
     engine = plan.get("engine") or model.spec.engine
     merge = sorted(a.name for a in model.spec.adapters if a.merge)
+    if fmt == "onnx":
+        return None  # an ONNX export is served as it is (the serve step checks it is complete)
+    if engine == "onnxruntime":
+        return onnx_recipe(model, precision, fmt, merge)
     quantize = engine == "vllm" and precision in QUANTIZED and not plan.get("preQuantized")
     if fmt in SERVABLE_FORMATS and not quantize and not merge:
         return None
@@ -48,6 +52,12 @@ def convert_recipe(model: Model, plan: dict, detected: str | None) -> dict | Non
     }
 
 
+def onnx_recipe(model: Model, precision: str, fmt: str, merge: list[str]) -> dict:
+    """Any non-ONNX checkpoint served by onnxruntime is exported (and parity-checked) first."""
+    return {"format": fmt, "precision": precision, "engine": "onnxruntime", "mergeAdapters": merge,
+            "device": "cuda" if model.spec.gpus else "cpu"}
+
+
 def converted_dir(model: Model, recipe: dict, resolved_revision: str | None) -> str:
     """Content-addressed: same source bytes + same recipe → same folder, shared by Models."""
     key = digest({"source": base_dir(model), "revision": resolved_revision or "", "recipe": recipe})
@@ -57,6 +67,8 @@ def converted_dir(model: Model, recipe: dict, resolved_revision: str | None) -> 
 def build_convert_job(model: Model, settings: Settings, recipe: dict, output: str, weight_bytes: int | None = None) -> dict:
     args = ["convert", "--input", base_dir(model), "--output", output,
             "--format", recipe["format"], "--precision", recipe["precision"], "--engine", recipe["engine"]]
+    if recipe.get("device"):
+        args += ["--device", recipe["device"]]
     by_name = {a.name: a for a in model.spec.adapters}
     for name in recipe["mergeAdapters"]:
         args += ["--merge-adapter", adapter_dir(by_name[name])]

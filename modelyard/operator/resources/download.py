@@ -82,7 +82,10 @@ def build_cache_pvc(model: Model, settings: Settings) -> dict | None:
 def plan_args(model: Model, gpu_memory: str | None, per_node: int = 8) -> list[str]:
     """The planner's inputs, passed to the step that first sees config.json."""
     spec = model.spec
-    args = ["--plan-precision", spec.precision, "--plan-engine", spec.engine, "--plan-gpus", str(spec.gpus)]
+    engine = "onnxruntime" if spec.engine == "auto" and spec.format == "onnx" else spec.engine
+    args = ["--plan-precision", spec.precision, "--plan-engine", engine, "--plan-gpus", str(spec.gpus)]
+    if any(not a.merge for a in spec.adapters):
+        args.append("--plan-served-adapters")
     if gpu_memory:
         args += ["--plan-gpu-memory", gpu_memory]
     if spec.nodes or spec.gpus_per_node or spec.gpus > per_node:  # else a one-node plan, as before

@@ -49,9 +49,25 @@ def endpoint(model: Model) -> str:
     return f"http://{model.name}.{model.namespace}.svc:{model.spec.serving.port}/v1"
 
 
+IMAGE_KEYS = {"vllm": "serveVllm", "accelerate": "serveAccelerate", "onnxruntime": "serveOnnxruntime"}
+
+
+def serving_engine(model: Model, plan: dict) -> str:
+    """The plan's engine; without a plan, the spec's, and for auto: onnxruntime for an ONNX source,
+    else vllm on GPUs and accelerate on CPU."""
+    spec = model.spec
+    if plan.get("engine"):
+        return plan["engine"]
+    if spec.engine != "auto":
+        return spec.engine
+    if spec.format == "onnx":
+        return "onnxruntime"
+    return "vllm" if spec.gpus else "accelerate"
+
+
 def serve_args(model: Model, plan: dict, model_dir: str) -> list[str]:
     spec = model.spec
-    engine = plan.get("engine") or ("vllm" if spec.gpus else "accelerate")
+    engine = serving_engine(model, plan)
     args = ["serve", "--engine", engine, "--model", model_dir, "--port", str(spec.serving.port),
             "--served-model-name", model.name, "--gpus", str(spec.gpus),
             "--precision", plan.get("precision") or spec.precision]
@@ -109,7 +125,7 @@ def server_pod_spec(model: Model, settings: Settings, plan: dict, model_dir: str
     ``gpus`` is what this pod requests (spec.gpus unless a multi-node layout splits it)."""
     spec = model.spec
     gpus = spec.gpus if gpus is None else gpus
-    engine = plan.get("engine") or ("vllm" if spec.gpus else "accelerate")
+    engine = serving_engine(model, plan)
     volumes, mounts = scratch_volumes()
     # vLLM's tensor-parallel workers talk through shared memory.
     shm = {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi" if gpus > 1 else "1Gi"}}
@@ -119,7 +135,7 @@ def server_pod_spec(model: Model, settings: Settings, plan: dict, model_dir: str
         resources["requests"][spec.gpu_resource] = str(gpus)
     container = {
         "name": "server",
-        "image": settings.images["serveVllm" if engine == "vllm" else "serveAccelerate"],
+        "image": settings.images[IMAGE_KEYS[engine]],
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["modelyard"],
         "args": args if args is not None else serve_args(model, plan, model_dir),

@@ -43,10 +43,15 @@ class Request:
     calibration: str | None = None
     engine: str = "vllm"
     max_shard_bytes: int = MAX_SHARD_BYTES
+    device: str = "cpu"  # onnxruntime exports only: the execution provider the graph is built for
 
 
 def convert(req: Request, log=None) -> dict:
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    if req.engine == "onnxruntime":
+        from modelyard.runtime.convert import onnx_export
+
+        return onnx_export.convert(req, log)
     if req.precision not in PRECISIONS:
         raise ConvertError("BadPrecision", f"--precision {req.precision} is not one of {', '.join(PRECISIONS)}")
     found = detect(req.input, req.format)

@@ -13,6 +13,7 @@ import importlib
 ENGINES: dict[str, str] = {
     "accelerate": "modelyard.runtime.engines.accelerate",
     "vllm": "modelyard.runtime.engines.vllm",
+    "onnxruntime": "modelyard.runtime.engines.onnxruntime",
 }
 
 

@@ -231,6 +231,8 @@ async def generate(state, request: Request, chat: bool):
         call.model = req.model
         prompts = await _encode(engine, req, chat)
         jobs = _jobs(engine, req, prompts, chat, adapter)
+        for job in jobs:  # an engine that cannot honour a field refuses it here, before a stream starts
+            getattr(engine, "check_job", lambda job: None)(job)
         rid = protocol.new_id("chatcmpl" if chat else "cmpl")
         if req.stream:
             return StreamingResponse(_stream_events(call, engine, jobs, prompts, chat, rid, req.include_usage,

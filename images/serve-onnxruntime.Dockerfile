@@ -1,0 +1,41 @@
+# syntax=docker/dockerfile:1.7
+# modelyard serve, onnxruntime engine: onnxruntime-genai (continuous batching on CPU) serving an
+# ONNX export folder. No torch at run time: transformers is here for the tokenizer and chat
+# template only. The export itself is made by the convert image (`modelyard convert --engine onnxruntime`).
+# family: python
+# Built by `make images` (scripts/images.sh), which passes BASE_IMAGE, the OCI label values and,
+# when given, pip's CA bundle as the build secret `cacert` (never stored in a layer).
+# By hand: podman build --secret id=cacert,src=ca.pem -f images/serve-onnxruntime.Dockerfile -t ghcr.io/modelyard/serve-onnxruntime:0.1.0 .
+ARG BASE_IMAGE=python:3.11.13-slim-bookworm
+
+FROM ${BASE_IMAGE} AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY requirements/constraints.txt requirements/constraints.txt
+COPY modelyard modelyard
+# The pip cache is a build cache mount: reused between builds, never part of the image.
+RUN --mount=type=secret,id=cacert --mount=type=cache,target=/root/.cache/pip,sharing=locked \
+    if [ -s /run/secrets/cacert ]; then export PIP_CERT=/run/secrets/cacert; fi \
+ && python3 -m venv /opt/modelyard \
+ && /opt/modelyard/bin/pip install --disable-pip-version-check -c requirements/constraints.txt ".[onnx]" \
+ && /opt/modelyard/bin/pip uninstall -q -y pip
+
+FROM ${BASE_IMAGE}
+# UID/GID 1000: the operator's pods run as 1000 (RUNTIME_UID); a passwd entry for libraries that ask.
+RUN echo 'modelyard:x:1000:1000:modelyard:/tmp:/usr/sbin/nologin' >> /etc/passwd \
+ && echo 'modelyard:x:1000:' >> /etc/group
+COPY --from=build /opt/modelyard /opt/modelyard
+ENV PATH=/opt/modelyard/bin:$PATH \
+    HOME=/tmp \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HF_HUB_OFFLINE=1
+USER 1000:1000
+EXPOSE 8000
+ENTRYPOINT ["modelyard", "serve"]
+ARG VERSION=0.0.0 REVISION=unknown SOURCE=https://github.com/modelyard/modelyard
+LABEL org.opencontainers.image.title="modelyard-serve-onnxruntime" \
+      org.opencontainers.image.source="${SOURCE}" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.licenses="Apache-2.0"
