@@ -3,7 +3,7 @@
     modelyard serve --engine accelerate|vllm --model DIR [--adapter NAME=DIR]... [--port 8000]
                     [--host 0.0.0.0] [--served-model-name NAME] [--gpus N] [--precision P]
                     [--max-model-len N] [--max-memory JSON] [--offload-folder DIR]
-                    [--planned-gpu-bytes N] [-- EXTRA ENGINE ARGS]
+                    [--planned-gpu-bytes N] [--batching auto|continuous|static] [-- EXTRA ENGINE ARGS]
 """
 from __future__ import annotations
 
@@ -32,6 +32,9 @@ def register(sub) -> None:
     p.add_argument("--max-memory", help='accelerate max_memory as JSON, e.g. \'{"0": "70GiB", "cpu": "100GiB"}\'')
     p.add_argument("--offload-folder", help="folder for weights offloaded to disk")
     p.add_argument("--planned-gpu-bytes", type=int, help="planner's per-GPU estimate, exported as a metric")
+    p.add_argument("--batching", default="auto", choices=("auto", "continuous", "static"),
+                   help="accelerate engine: continuous batching (transformers' scheduler) when it can apply "
+                        "(auto, the default), always (continuous: fail when it cannot) or never (static)")
     p.add_argument("extra", nargs="*", metavar="-- EXTRA", help="engine arguments after --")
     p.set_defaults(func=run)
 

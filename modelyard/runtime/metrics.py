@@ -28,6 +28,9 @@ MODEL_LOAD_SECONDS = "modelyard_model_load_seconds"
 ENGINE_INFO = "modelyard_engine_info"
 # Engine-specific (accelerate): how many requests each generate() call served together.
 BATCH_SIZE = "modelyard_batch_size"
+# Engine-specific (accelerate): which batching serves (continuous or static, and why), per request too.
+BATCHING_INFO = "modelyard_engine_batching_info"
+BATCHING_REQUESTS = "modelyard_batching_requests_total"
 
 ENDPOINTS = ("completions", "chat_completions")
 
@@ -83,6 +86,9 @@ class ServingMetrics:
         self.model_load_seconds = Gauge(MODEL_LOAD_SECONDS, "Seconds the model took to load", registry=r)
         self.batch_size = Histogram(BATCH_SIZE, "Requests served by one generate() call (accelerate engine)",
                                     ["model"], buckets=BATCH_BUCKETS, registry=r)
+        self.batching_requests = Counter(_strip_total(BATCHING_REQUESTS),
+                                         "Requests by batching path (accelerate engine); reason: why static",
+                                         ["model", "path", "reason"], registry=r)
         Info(ENGINE_INFO[: -len("_info")], "Serving engine and model", registry=r).info(
             {"engine": engine, "model": model})
         if planned_gpu_bytes is not None:
@@ -101,6 +107,15 @@ class ServingMetrics:
 
     def first_token(self, model: str, seconds: float) -> None:
         self.ttft.labels(model=model).observe(seconds)
+
+    def batching_mode(self, mode: str, reason: str = "") -> None:
+        """Once, when an engine that batches (accelerate) has loaded its model."""
+        Info(BATCHING_INFO[: -len("_info")], "How the engine batches requests (continuous or static); "
+             "reason: why continuous batching does not apply", registry=self.registry).info(
+            {"mode": mode, "reason": reason})
+
+    def batching_request(self, model: str, path: str, reason: str = "") -> None:
+        self.batching_requests.labels(model=model, path=path, reason=reason).inc()
 
     def adapter_added(self, name: str) -> None:
         self.adapter_loaded.labels(adapter=name).set(1)
