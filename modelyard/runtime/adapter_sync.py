@@ -4,6 +4,8 @@ The operator writes ``{"name": "/cache/sources/<key>", ...}`` into the ConfigMap
 ``<name>-adapters``, which the kubelet mounts into every serving pod; ``modelyard serve
 --adapters-file`` starts this loop, which loads and unloads adapters through the server's own
 ``/v1/load_lora_adapter`` and ``/v1/unload_lora_adapter`` (the same endpoints on both engines).
+With ``--api-key-file`` it sends one of the keys (read at each request, so rotation needs no
+restart); the server accepts these calls only from loopback and only for declared adapters.
 """
 from __future__ import annotations
 
@@ -31,8 +33,10 @@ def read_adapters_file(path: str | Path) -> dict[str, str]:
 class AdapterSync:
     """Polls the file and reconciles the server's adapters to it."""
 
-    def __init__(self, path: str | Path, base_url: str, interval: float = 2.0, loaded: dict[str, str] | None = None):
+    def __init__(self, path: str | Path, base_url: str, interval: float = 2.0, loaded: dict[str, str] | None = None,
+                 api_key_file: str | None = None):
         self.path = Path(path)
+        self.auth = KeyAuth(api_key_file) if api_key_file else None
         self.base_url = base_url.rstrip("/")
         self.interval = interval
         self.loaded: dict[str, str] = dict(loaded or {})  # name -> folder this process knows it serves
@@ -49,7 +53,7 @@ class AdapterSync:
         self._thread.join(5)
 
     def _run(self) -> None:
-        with httpx.Client(base_url=self.base_url, timeout=600) as client:
+        with httpx.Client(base_url=self.base_url, timeout=600, auth=self.auth) as client:
             while not self._stop.wait(self.interval):
                 try:
                     self.sync_once(client)
@@ -90,6 +94,19 @@ class AdapterSync:
         if done["loaded"] or done["unloaded"]:
             log.info(json.dumps({"event": "adapters", **done}))
         return done
+
+
+class KeyAuth(httpx.Auth):
+    """``Authorization: Bearer <one of the keys>``, the file re-read when it changes."""
+
+    def __init__(self, path: str):
+        from modelyard.apikeys import KeyFile
+
+        self.keys = KeyFile(path)
+
+    def auth_flow(self, request):
+        request.headers["Authorization"] = f"Bearer {self.keys.first()}"
+        yield request
 
 
 def _error_message(resp: httpx.Response) -> str:

@@ -353,4 +353,7 @@ def serve(args) -> int:
         for name in engine.adapters():
             metrics.adapter_added(name)
 
-    return server.run(engine, metrics, load, args.host, args.port)
+    from modelyard.runtime.guard import GuardConfig
+
+    guard = GuardConfig.from_args(args, engine.initial_adapters)
+    return server.run(engine, metrics, load, args.host, args.port, guard)

@@ -110,8 +110,11 @@ def serve(args) -> int:
             extra_args=list(getattr(args, "extra", None) or []), plan=_load_plan(getattr(args, "plan", None)))
     except (AdapterError, ServeConfigError) as err:
         return _fail(err)
+    from modelyard.runtime.guard import GuardConfig
+
     env = engine_env(args.gpus)
-    env[ENV] = json.dumps({"served_model_name": args.served_model_name, "model_dir": str(args.model),
+    env[ENV] = json.dumps({"guard": GuardConfig.from_args(args, adapters).to_json(),
+                           "served_model_name": args.served_model_name, "model_dir": str(args.model),
                            "max_lora_rank": _max_rank(vllm_args), "adapters": sorted(adapters),
                            "planned_gpu_bytes": getattr(args, "planned_gpu_bytes", None), "started": time.time()})
     # --shutdown-timeout: on SIGTERM vLLM drains the requests in flight for up to that long

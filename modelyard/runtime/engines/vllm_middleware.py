@@ -4,7 +4,8 @@ vLLM measured +71% p50 latency on a busy 2-core machine (docs/benchmarks.md), th
 
 Configured by the ``MODELYARD_VLLM`` environment variable (JSON written by ``vllm.py``):
 ``served_model_name``, ``model_dir``, ``max_lora_rank``, ``planned_gpu_bytes``, ``adapters``,
-``started`` (epoch seconds when modelyard started vLLM).
+``started`` (epoch seconds when modelyard started vLLM), ``guard`` (API keys and limits,
+``modelyard.runtime.guard``: it runs first, in front of everything below and of vLLM).
 
 - ``/v1/completions``, ``/v1/chat/completions``: the ``modelyard_*`` request, latency, time to
   first token (first body byte / SSE chunk) and token series. Streams ask vLLM for the usage
@@ -19,6 +20,7 @@ import json
 import os
 import time
 
+from modelyard.runtime.guard import Guard, GuardConfig
 from modelyard.runtime.metrics import CONTENT_TYPE, ServingMetrics
 
 ENV = "MODELYARD_VLLM"
@@ -169,6 +171,7 @@ class ModelyardMiddleware:
             self.metrics.adapter_added(name)
         if cfg.get("started"):  # the stack is built at server start, right after the engine is ready
             self.metrics.model_load_seconds.set(max(0.0, time.time() - float(cfg["started"])))
+        self.guard = Guard(self._route, GuardConfig.from_json(cfg.get("guard")))
         while ON_READY:
             ON_READY.pop()()
 
@@ -178,6 +181,9 @@ class ModelyardMiddleware:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        return await self.guard(scope, receive, send)
+
+    async def _route(self, scope, receive, send):
         path, method = scope["path"], scope["method"]
         if method == "POST" and path in _ENDPOINTS:
             return await self._generate(scope, receive, send, _ENDPOINTS[path])

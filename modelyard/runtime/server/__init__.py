@@ -1,6 +1,6 @@
 """OpenAI-compatible HTTP server shared by in-process engines (accelerate).
 
-``run(engine, metrics, load, host, port)`` starts listening at once (``/health`` answers 503),
+``run(engine, metrics, load, host, port, guard)`` starts listening at once (``/health`` answers 503),
 loads the model in a background thread, then answers 200. A load failure stops the server and
 ``run`` returns 1 with the reason on stderr.
 """
@@ -13,17 +13,19 @@ import time
 from typing import Callable
 
 from modelyard.runtime.errors import RuntimeStepError, fail_step
+from modelyard.runtime.guard import Guard, GuardConfig
 from modelyard.runtime.metrics import ServingMetrics
 from modelyard.runtime.server.app import ServerState, create_app
 
 log = logging.getLogger("modelyard.serve")
 
 
-def run(engine, metrics: ServingMetrics, load: Callable[[], None], host: str, port: int) -> int:
+def run(engine, metrics: ServingMetrics, load: Callable[[], None], host: str, port: int,
+        guard: GuardConfig | None = None) -> int:
     import uvicorn
 
     state = ServerState(engine=engine, metrics=metrics)
-    config = uvicorn.Config(create_app(state), host=host, port=port, log_level="info",
+    config = uvicorn.Config(Guard(create_app(state), guard or GuardConfig()), host=host, port=port, log_level="info",
                             access_log=False, timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
 
