@@ -84,7 +84,8 @@ class ServingMetrics:
         self.in_flight = Gauge(REQUESTS_IN_FLIGHT, "Requests being served now", registry=r)
         self.adapter_loaded = Gauge(ADAPTER_LOADED, "1 for each LoRA adapter loaded", ["adapter"], registry=r)
         self.model_load_seconds = Gauge(MODEL_LOAD_SECONDS, "Seconds the model took to load", registry=r)
-        self.batch_size = Histogram(BATCH_SIZE, "Requests served by one generate() call (accelerate engine)",
+        self.batch_size = Histogram(BATCH_SIZE, "Requests batched together (accelerate engine): per generate() call (static batching) "
+                                    "or per forward pass (continuous batching)",
                                     ["model"], buckets=BATCH_BUCKETS, registry=r)
         self.batching_requests = Counter(_strip_total(BATCHING_REQUESTS),
                                          "Requests by batching path (accelerate engine); reason: why static",

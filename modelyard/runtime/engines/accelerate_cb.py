@@ -43,7 +43,7 @@ MODES = ("auto", CONTINUOUS, STATIC_MODE)
 # GenerationJob fields the manager serves; a job setting any other field to a non-default value
 # goes to the static path (so features added to GenerationJob later stay correct by construction).
 SERVED_FIELDS = {"prompt_ids", "max_tokens", "adapter", "temperature", "top_p", "stop", "seed", "stream"}
-CPU_KV_CACHE_BYTES = 1 << 30        # paged KV cache on CPU (the library would take 80% of RAM)
+CPU_KV_CACHE_BYTES = 256 << 20      # paged KV cache on CPU (the library's default would take 80% of RAM)
 CPU_MAX_BATCH_TOKENS = 1024
 
 
@@ -87,7 +87,7 @@ def cb_config(model):
     per_token = 2 * cfg.num_hidden_layers * heads * head_dim * model.dtype.itemsize
     block = 32
     return ContinuousBatchingConfig(per_request_processors=True, use_async_batching=False, block_size=block,
-                                    num_blocks=max(64, CPU_KV_CACHE_BYTES // (per_token * block)),
+                                    num_blocks=max(16, CPU_KV_CACHE_BYTES // (per_token * block)),
                                     max_batch_tokens=CPU_MAX_BATCH_TOKENS)
 
 
@@ -135,6 +135,19 @@ class ContinuousBatcher:
         self.vocab = engine._base().config.get_text_config().vocab_size
         self.eos = eos_ids(engine)
         self.admission = Admission(self._switch)
+        self._select(self.admission.current)  # the base model: adapters loaded before start are off
+        self._count_batches(manager.batch_processor.scheduler)
+
+    def _count_batches(self, scheduler) -> None:
+        """``modelyard_batch_size`` under continuous batching: requests in each scheduled forward pass."""
+        schedule = scheduler.schedule_batch
+
+        def counted(*args, **kwargs):
+            out = schedule(*args, **kwargs)
+            if out[0]:
+                self.engine.on_batch(len(out[0]))
+            return out
+        scheduler.schedule_batch = counted
         self.on_path = lambda model, path, reason: None
         self._ids = itertools.count()
 
