@@ -197,3 +197,27 @@ def test_an_offloaded_server_says_static_in_its_metrics_and_log(offloaded):
     assert len(info) == 1 and dict(info[0])["mode"] == "static" and "offload" in dict(info[0])["reason"], info
     log = offloaded.log.read_text()
     assert log.count("accelerate engine batching: static (continuous batching cannot apply: weights are split") == 1
+
+
+def test_adapter_unload_and_load_while_streams_run(server, files):
+    """Adapter admin pauses the manager between forward passes; running streams finish unharmed."""
+    bodies = [_request(i, {}) for i in range(6)]
+
+    async def alone():
+        async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
+            return [await _stream(client, b) for b in bodies]
+
+    async def with_admin():
+        async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
+            streams = [asyncio.create_task(_stream(client, b)) for b in bodies]
+            while sample(scrape(server.url), "modelyard_requests_in_flight") < len(bodies):
+                await asyncio.sleep(0.02)  # every stream has reached the engine before the admin calls
+            out = await client.post("/v1/unload_lora_adapter", json={"lora_name": "chat"})
+            back = await client.post("/v1/load_lora_adapter", json={"lora_name": "chat", "lora_path": str(files["chat"])})
+            return await asyncio.gather(*streams), out.status_code, back.status_code
+
+    expected = asyncio.run(alone())
+    got, out, back = asyncio.run(with_admin())
+    assert (out, back) == (200, 200)
+    assert [(g["text"], g["usage"]) for g in got] == [(e["text"], e["usage"]) for e in expected]
+    assert asyncio.run(alone()) == expected  # the reloaded adapter answers as before

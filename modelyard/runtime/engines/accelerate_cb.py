@@ -165,7 +165,7 @@ class ContinuousBatcher:
         if not self.engine._adapters:
             return
         tuner = self.engine.model.base_model
-        if adapter is None:
+        if adapter is None or adapter not in self.engine._adapters:  # (an unloaded one: its requests get 404)
             tuner.disable_adapter_layers()
         else:
             tuner.enable_adapter_layers()
@@ -203,6 +203,8 @@ class ContinuousBatcher:
         if job.adapter is not None and job.adapter not in self.engine._adapters:
             self.engine._adapter_context(job.adapter)  # raises the 404 the static path gives
         async with self.admission.slot(job.adapter):
+            if job.adapter is not None and job.adapter not in self.engine._adapters:
+                self.engine._adapter_context(job.adapter)  # unloaded while this request waited: 404
             text, first = _Text(self.engine.tokenizer, job.stop), None
             outputs: asyncio.Queue = asyncio.Queue()
             rid, watch = f"my-{next(self._ids)}", bool(job.stop)
