@@ -31,12 +31,15 @@ BATCH_SIZE = "modelyard_batch_size"
 # Engine-specific (accelerate): which batching serves (continuous or static, and why), per request too.
 BATCHING_INFO = "modelyard_engine_batching_info"
 BATCHING_REQUESTS = "modelyard_batching_requests_total"
+# Engine-specific (accelerate): time between consecutive generated tokens of one request.
+INTER_TOKEN_LATENCY = "modelyard_inter_token_latency_seconds"
 
 ENDPOINTS = ("completions", "chat_completions")
 
 # LLM latencies span milliseconds (a cached first token) to minutes (long generations).
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32)
+ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
@@ -87,6 +90,8 @@ class ServingMetrics:
         self.batch_size = Histogram(BATCH_SIZE, "Requests batched together (accelerate engine): per generate() call (static batching) "
                                     "or per forward pass (continuous batching)",
                                     ["model"], buckets=BATCH_BUCKETS, registry=r)
+        self.itl = Histogram(INTER_TOKEN_LATENCY, "Time between consecutive generated tokens of a request "
+                             "(accelerate engine)", ["model"], buckets=ITL_BUCKETS, registry=r)
         self.batching_requests = Counter(_strip_total(BATCHING_REQUESTS),
                                          "Requests by batching path (accelerate engine); reason: why static",
                                          ["model", "path", "reason"], registry=r)
@@ -108,6 +113,12 @@ class ServingMetrics:
 
     def first_token(self, model: str, seconds: float) -> None:
         self.ttft.labels(model=model).observe(seconds)
+
+    def inter_token(self, model: str, token_times: list[float]) -> None:
+        """One observation per gap between consecutive token times (``time.perf_counter()``)."""
+        series = self.itl.labels(model=model)
+        for a, b in zip(token_times, token_times[1:]):
+            series.observe(b - a)
 
     def batching_mode(self, mode: str, reason: str = "") -> None:
         """Once, when an engine that batches (accelerate) has loaded its model."""

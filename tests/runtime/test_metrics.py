@@ -18,6 +18,7 @@ CONTRACT = {
     "modelyard_engine_info",
     "modelyard_batch_size",  # accelerate only
     "modelyard_engine_batching_info", "modelyard_batching_requests_total",  # accelerate only
+    "modelyard_inter_token_latency_seconds",  # accelerate only
 }
 
 

@@ -164,6 +164,12 @@ def test_16_concurrent_streams_with_lengths_stops_and_adapters_match_alone(serve
         n = sum(b["model"] == model for b in bodies)
         assert delta("modelyard_batching_requests_total", model=model, path="continuous", reason="") == n
         assert delta("modelyard_time_to_first_token_seconds_count", model=model) == n
+        gaps = sum(g["usage"]["completion_tokens"] - 1 for g, b in zip(got, bodies) if b["model"] == model)
+        assert delta("modelyard_inter_token_latency_seconds_count", model=model) == gaps
+        # first tokens and token gaps come from the generation itself, so they fit in each request's time
+        assert delta("modelyard_time_to_first_token_seconds_sum", model=model) + \
+            delta("modelyard_inter_token_latency_seconds_sum", model=model) <= \
+            delta("modelyard_request_duration_seconds_sum", model=model, endpoint="completions")
     assert sample(after, "modelyard_engine_batching_info", mode="continuous", reason="") == 1
 
 

@@ -125,6 +125,7 @@ class AccelerateEngine:
         self._adapters: dict[str, str] = {}
         self.on_batch: Callable[[int], None] = lambda size: None
         self.on_abandoned: Callable[[str, int, int], None] = lambda model, prompt, generated: None
+        self.on_token_times: Callable[[str, list[float]], None] = lambda model, times: None
         self._work = WorkQueue()
         # continuous batching (accelerate_cb) when it can apply; the mode and why are exported as a metric
         self.batching_requested, self.batching, self.batching_reason = batching, "static", "not loaded"
@@ -273,6 +274,7 @@ class AccelerateEngine:
         eos, width = self._eos_ids(), len(ids[0])
         for row, w in enumerate(batch):
             w.streamer.first_token_at = first.at
+            w.streamer.token_times = first.times
             w.streamer.take_all(trim(out[row, width:].tolist(), w.job.max_tokens, eos))
 
     def _pad_id(self) -> int:
@@ -305,6 +307,7 @@ class AccelerateEngine:
         finally:
             streamer.cancelled = True
         n = len(streamer.ids)
+        self.on_token_times(job.adapter or self.served_model_name, streamer.token_times[:n])
         reason = "stop" if streamer.stopped or (n and streamer.ids[-1] in self._eos_ids()) else (
             "length" if n >= job.max_tokens else "stop")
         yield Finish(reason=reason, prompt_tokens=len(job.prompt_ids), completion_tokens=n,
@@ -344,6 +347,7 @@ def serve(args) -> int:
     metrics = ServingMetrics("accelerate", args.served_model_name, planned_gpu_bytes=args.planned_gpu_bytes)
     engine.on_batch = metrics.batch_size.labels(model=args.served_model_name).observe
     engine.on_abandoned = metrics.tokens
+    engine.on_token_times = metrics.inter_token
 
     def load() -> None:
         engine.load()

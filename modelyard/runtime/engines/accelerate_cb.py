@@ -205,7 +205,7 @@ class ContinuousBatcher:
         async with self.admission.slot(job.adapter):
             if job.adapter is not None and job.adapter not in self.engine._adapters:
                 self.engine._adapter_context(job.adapter)  # unloaded while this request waited: 404
-            text, first = _Text(self.engine.tokenizer, job.stop), None
+            text, first, times = _Text(self.engine.tokenizer, job.stop), None, []
             outputs: asyncio.Queue = asyncio.Queue()
             rid, watch = f"my-{next(self._ids)}", bool(job.stop)
             self.manager.register_result_handler(rid, outputs.put_nowait)
@@ -219,8 +219,9 @@ class ContinuousBatcher:
                     if out.error is not None:
                         raise RuntimeError(f"continuous batching failed: {out.error}")
                     ids = list(out.generated_tokens)
+                    times = out.timestamps or times
                     if first is None and ids:
-                        first = out.timestamps[0] if out.timestamps else time.perf_counter()
+                        first = times[0] if times else time.perf_counter()
                     if out.is_finished() and not watch:
                         text.take_all(ids)
                     else:
@@ -238,6 +239,7 @@ class ContinuousBatcher:
             text.finish()
             for piece in text.drain():
                 yield Delta(piece)
+        self.engine.on_token_times(job.adapter or self.engine.served_model_name, times[:len(text.ids)])
         yield self._finish(job, text, first)
 
     def _cancel(self, rid: str) -> None:
