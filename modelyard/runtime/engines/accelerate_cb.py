@@ -132,9 +132,12 @@ class ContinuousBatcher:
 
     def __init__(self, engine, manager):
         self.engine, self.manager = engine, manager
-        self.vocab = engine._base().config.get_text_config().vocab_size
+        head = engine._base().get_output_embeddings()  # top_k for "no top-k": the logits' width
+        self.vocab = getattr(head, "out_features", None) or engine._base().config.get_text_config().vocab_size
         self.eos = eos_ids(engine)
         self.admission = Admission(self._switch)
+        self.on_path = lambda model, path, reason: None
+        self._ids = itertools.count()
         self._select(self.admission.current)  # the base model: adapters loaded before start are off
         self._count_batches(manager.batch_processor.scheduler)
 
@@ -148,8 +151,6 @@ class ContinuousBatcher:
                 self.engine.on_batch(len(out[0]))
             return out
         scheduler.schedule_batch = counted
-        self.on_path = lambda model, path, reason: None
-        self._ids = itertools.count()
 
     # -- the model's state per group ----------------------------------------------------------
     def _switch(self, old, new) -> None:
