@@ -78,6 +78,12 @@ def test_greedy_under_continuous_batching_equals_one_at_a_time(files):
     for (prompt, kw), (text, fin) in zip(jobs, batched):
         assert asyncio.run(_run(static, prompt, **kw))[0] == text, prompt
     assert len({t for t, _ in batched}) >= 8 and all(len(set(t)) > 3 for t, _ in batched)  # not one repeated token
+
+    async def mixed():  # greedy rows next to sampled rows (the full per-request sampling path)
+        return await asyncio.gather(*(_run(cb, p, **kw, **({"temperature": 0.9} if i % 2 else {}))
+                                      for i, (p, kw) in enumerate(jobs)))
+
+    assert [t for t, _ in asyncio.run(mixed())][::2] == [t for t, _ in batched][::2]
     cb._cb.close()
 
 

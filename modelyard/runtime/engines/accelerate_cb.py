@@ -107,6 +107,31 @@ def sampling_kwargs(job: GenerationJob, vocab: int) -> dict:
     return {"temperature": float(job.temperature), "top_k": int(vocab), "top_p": float(job.top_p)}
 
 
+def greedy_fast_path(manager) -> bool:
+    """When every row of a forward pass is greedy (top_k=1), skip the sampling processors' sorts and
+    keep only each row's argmax (what top_k=1 keeps). Not while a CUDA graph is being captured:
+    a graph replays the full per-request path, which gives the same tokens."""
+    from transformers.generation.continuous_batching import cb_logits_processors as cbl
+
+    lp = manager.logit_processor
+    rows = [p for p in lp.logits_processor if isinstance(p, cbl.ContinuousBatchingLogitsProcessor)]
+    top_k = [i for i, p in enumerate(rows) if isinstance(p, cbl.ContinuousBatchingTopKLogitsWarper)]
+    if type(lp) is not cbl.ContinuousBatchingLogitsProcessorList or len(rows) != len(lp.logits_processor) or not top_k:
+        return False
+    lp.__class__ = type("GreedyAwareLogitsProcessorList", (type(lp),), {"__call__": _greedy_aware_call})
+    lp.top_k_row = top_k[0]
+    return True
+
+
+def _greedy_aware_call(self, input_ids, scores, args):
+    import torch
+
+    if not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()):
+        if bool((args[self.top_k_row, : scores.size(0)] == 1).all()):
+            return scores.masked_fill(scores < scores.amax(dim=-1, keepdim=True), float("-inf"))
+    return type(self).__mro__[1].__call__(self, input_ids, scores, args)
+
+
 class _Text(QueueStreamer):
     """The engine's stop-string and UTF-8-safe text logic, fed token ids by this module."""
 
@@ -280,6 +305,7 @@ def start(engine, mode: str) -> tuple[ContinuousBatcher | None, str, str]:
         try:
             manager = model.init_continuous_batching(generation_config=_generation_config(model, eos_ids(engine)),
                                                      continuous_batching_config=cb_config(model))
+            greedy_fast_path(manager)
             manager.start()
             reason = _probe(manager, engine.encode_prompt("Hello") or [0])
             if reason is None:
