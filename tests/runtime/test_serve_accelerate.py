@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import time
 
 import httpx
 import pytest
@@ -32,6 +33,21 @@ def files(tmp_path_factory):
     return files
 
 
+def declare(files, **adapters):
+    (files["root"] / "adapters.json").write_text(json.dumps({k: str(v) for k, v in adapters.items()}))
+
+
+def names(server):
+    return [m["id"] for m in httpx.get(f"{server.url}/v1/models").json()["data"]]
+
+
+def wait_for(check, timeout=30):
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
 def _copy_with(src, dst, **changes):
     shutil.copytree(src, dst)
     cfg = json.loads((dst / "adapter_config.json").read_text())
@@ -41,9 +57,11 @@ def _copy_with(src, dst, **changes):
 
 @pytest.fixture(scope="module")
 def server(files):
+    # adapters are declared in the file the operator mounts; only those can be loaded at runtime
+    declare(files, sql=files["sql"])
     s = Server(["--engine", "accelerate", "--model", str(files["base"]), "--served-model-name", "tiny",
-                "--adapter", f"sql={files['sql']}", "--max-model-len", str(MAX_LEN), "--precision", "float32"],
-               files["root"] / "serve.log")
+                "--adapters-file", str(files["root"] / "adapters.json"), "--max-model-len", str(MAX_LEN),
+                "--precision", "float32"], files["root"] / "serve.log")
     yield s.wait_healthy()
     s.stop()
 
@@ -70,7 +88,7 @@ def reference(files):
         text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return tok(text, add_special_tokens=False)["input_ids"]
 
-    return {"tok": tok, "generate": generate, "chat_ids": chat_ids}
+    return {"tok": tok, "model": model, "generate": generate, "chat_ids": chat_ids}
 
 
 def post(server, path, body):
@@ -153,22 +171,29 @@ def test_adapter_output_differs_from_base(server):
 
 
 def test_hot_load_and_unload_adapter(server, files):
-    r = post(server, "/v1/load_lora_adapter", {"lora_name": "chat", "lora_path": str(files["chat"])})
-    assert r.status_code == 200, r.text
-    assert [m["id"] for m in httpx.get(f"{server.url}/v1/models").json()["data"]] == ["tiny", "sql", "chat"]
+    declare(files, sql=files["sql"], chat=files["chat"])  # the adapter sync loads what the file declares
+    wait_for(lambda: names(server) == ["tiny", "sql", "chat"])
     assert sample(scrape(server.url), "modelyard_adapter_loaded", adapter="chat") == 1
     req = {"prompt": "Hello", "max_tokens": 8, "temperature": 0}
     chat = post(server, "/v1/completions", {**req, "model": "chat"}).json()["choices"][0]["text"]
     sql = post(server, "/v1/completions", {**req, "model": "sql"}).json()["choices"][0]["text"]
     assert chat != sql
     assert post(server, "/v1/load_lora_adapter", {"lora_name": "chat", "lora_path": str(files["chat"])}).status_code == 400
-    assert post(server, "/v1/unload_lora_adapter", {"lora_name": "chat"}).status_code == 200
-    assert [m["id"] for m in httpx.get(f"{server.url}/v1/models").json()["data"]] == ["tiny", "sql"]
+    declare(files, sql=files["sql"])
+    wait_for(lambda: names(server) == ["tiny", "sql"])
     metrics = scrape(server.url)
     assert ("modelyard_adapter_loaded", (("adapter", "chat"),)) not in metrics
     assert sample(metrics, "modelyard_adapter_loaded", adapter="sql") == 1
     assert post(server, "/v1/completions", {**req, "model": "chat"}).status_code == 404
     assert post(server, "/v1/unload_lora_adapter", {"lora_name": "chat"}).status_code == 404
+
+
+def test_no_client_can_load_an_undeclared_adapter(server, files):
+    for body in ({"lora_name": "chat", "lora_path": str(files["chat"])},      # not declared (any more)
+                 {"lora_name": "sql", "lora_path": str(files["chat"])}):      # declared, another folder
+        r = post(server, "/v1/load_lora_adapter", body)
+        assert r.status_code == 403 and r.json()["error"]["code"] == "adapter_not_declared"
+    assert names(server) == ["tiny", "sql"]
 
 
 @pytest.mark.parametrize("which, words", [
@@ -178,10 +203,14 @@ def test_hot_load_and_unload_adapter(server, files):
     ("root", "adapter_config.json is missing"),
 ])
 def test_load_invalid_adapter_is_400_with_reason(server, files, which, words):
-    r = post(server, "/v1/load_lora_adapter", {"lora_name": "bad", "lora_path": str(files[which])})
-    assert r.status_code == 400
-    assert words in r.json()["error"]["message"]
-    assert "bad" not in [m["id"] for m in httpx.get(f"{server.url}/v1/models").json()["data"]]
+    declare(files, sql=files["sql"], bad=files[which])
+    try:
+        r = post(server, "/v1/load_lora_adapter", {"lora_name": "bad", "lora_path": str(files[which])})
+        assert r.status_code == 400
+        assert words in r.json()["error"]["message"]
+        assert "bad" not in names(server)
+    finally:
+        declare(files, sql=files["sql"])
 
 
 def _error(r, status):
@@ -246,3 +275,80 @@ def test_startup_refuses_int8_on_cpu_and_bad_adapters(files):
     assert r.returncode != 0 and "adapter 'x'" in r.stderr and "adapter_config.json" in r.stderr
     r = _serve_fails(["--model", str(files["base"]), "--adapter", f"x={files['foreign_hub']}"])
     assert r.returncode != 0 and "has shape [8, 128], but the base model needs [8, 256]" in r.stderr
+
+
+def test_logprobs_are_the_models_own(server, reference):
+    import torch
+
+    messages = [{"role": "user", "content": "Hello there"}]
+    r = post(server, "/v1/chat/completions", {"model": "tiny", "messages": messages, "max_tokens": 4,
+                                               "temperature": 0, "logprobs": True, "top_logprobs": 3})
+    assert r.status_code == 200, r.text
+    entries = r.json()["choices"][0]["logprobs"]["content"]
+    ids = reference["chat_ids"](messages)
+    out, _ = reference["generate"](ids, 4)
+    assert len(entries) == len(out)
+    with torch.no_grad():
+        logits = reference["model"](torch.tensor([ids + out])).logits[0, len(ids) - 1:-1]
+    want = torch.log_softmax(logits.float(), dim=-1)
+    for step, (e, tok) in enumerate(zip(entries, out)):
+        assert abs(e["logprob"] - float(want[step, tok])) < 1e-3
+        assert len(e["top_logprobs"]) == 3 and e["top_logprobs"][0]["logprob"] == pytest.approx(e["logprob"], abs=1e-5)
+        assert e["token"] == reference["tok"].decode([tok])
+
+
+def test_n_choices_list_of_prompts_and_completions_logprobs(server, reference):
+    one = post(server, "/v1/completions", {"model": "tiny", "prompt": "Hello", "max_tokens": 5, "temperature": 0}).json()
+    two = post(server, "/v1/completions", {"model": "tiny", "prompt": "The quick", "max_tokens": 5, "temperature": 0}).json()
+    both = post(server, "/v1/completions", {"model": "tiny", "prompt": ["Hello", "The quick"], "max_tokens": 5,
+                                             "temperature": 0, "n": 2, "logprobs": 2}).json()
+    assert [c["index"] for c in both["choices"]] == [0, 1, 2, 3]
+    texts = [c["text"] for c in both["choices"]]
+    assert texts == [one["choices"][0]["text"]] * 2 + [two["choices"][0]["text"]] * 2
+    assert both["usage"]["prompt_tokens"] == one["usage"]["prompt_tokens"] + two["usage"]["prompt_tokens"]
+    assert both["usage"]["completion_tokens"] == 2 * (one["usage"]["completion_tokens"] + two["usage"]["completion_tokens"])
+    lp = both["choices"][0]["logprobs"]
+    assert len(lp["tokens"]) == len(lp["token_logprobs"]) == len(lp["top_logprobs"]) == one["usage"]["completion_tokens"]
+    assert "".join(lp["tokens"]) == texts[0] and lp["text_offset"][0] == 0
+    seeded = post(server, "/v1/chat/completions", {"model": "tiny", "n": 2, "seed": 7, "max_tokens": 12,
+                                                    "messages": [{"role": "user", "content": "Hello world! How are you today?"}]}).json()
+    ids = reference["chat_ids"]([{"role": "user", "content": "Hello world! How are you today?"}])
+    assert seeded["choices"][0]["message"]["content"] == reference["generate"](ids, 12, seed=7)[1]
+    assert seeded["choices"][1]["message"]["content"] == reference["generate"](ids, 12, seed=8)[1]
+
+
+def test_penalties_and_logit_bias_change_the_tokens_as_openai_defines(server, reference):
+    req = {"model": "tiny", "prompt": "Hello", "max_tokens": 12, "temperature": 0}
+    plain = post(server, "/v1/completions", req).json()
+    ids = reference["tok"]("Hello")["input_ids"]
+    out, _ = reference["generate"](ids, 12)
+    assert len(set(out)) < len(out), "the reference output has no repeats: the penalty test proves nothing"
+    penalised = post(server, "/v1/completions", {**req, "frequency_penalty": 2.0, "presence_penalty": 2.0,
+                                                  "logprobs": 0}).json()
+    toks = penalised["choices"][0]["logprobs"]["tokens"]
+    assert penalised["choices"][0]["text"] != plain["choices"][0]["text"]
+    assert len(set(toks)) > len(set(out))
+    forced = out[0] + 1
+    biased = post(server, "/v1/completions", {**req, "max_tokens": 3, "logit_bias": {str(forced): 100}}).json()
+    assert biased["choices"][0]["text"] == reference["tok"].decode([forced] * 3, skip_special_tokens=True)
+
+
+@pytest.mark.parametrize("extra, field", [
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
+    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"tool_choice": "auto"}, "tool_choice"),
+    ({"frobnicate": 1}, "frobnicate"),
+    ({"stream_options": {"include_usage": True, "continuous_usage_stats": True}}, "stream_options.continuous_usage_stats"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, "messages.0.content"),
+])
+def test_fields_the_engine_cannot_honour_are_refused_by_name(server, extra, field):
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, **extra}
+    err = _error(post(server, "/v1/chat/completions", body), 400)
+    assert err["param"].startswith(field) and err["message"].startswith(field)
+
+
+@pytest.mark.parametrize("extra, field", [({"echo": True}, "echo"), ({"suffix": "x"}, "suffix"),
+                                          ({"best_of": 3}, "best_of"), ({"prompt": [5, 99999]}, "prompt")])
+def test_completion_fields_refused_by_name(server, extra, field):
+    err = _error(post(server, "/v1/completions", {"model": "tiny", "prompt": "hi", "max_tokens": 2, **extra}), 400)
+    assert err["param"] == field

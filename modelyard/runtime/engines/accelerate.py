@@ -192,6 +192,10 @@ class AccelerateEngine:
         await self._call(self._unload_adapter, name)
 
     # -- tokens ----------------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        return max(len(self.tokenizer), int(getattr(self._base().config, "vocab_size", 0) or 0))
+
     def encode_prompt(self, prompt: str) -> list[int]:
         return list(self.tokenizer(prompt)["input_ids"])
 
@@ -244,7 +248,7 @@ class AccelerateEngine:
 
     def _run(self, job: GenerationJob, streamer) -> None:
         import torch
-        from transformers import StoppingCriteriaList
+        from transformers import LogitsProcessorList, StoppingCriteriaList
 
         from modelyard.runtime.engines.accelerate_stream import StopFlag
 
@@ -256,6 +260,7 @@ class AccelerateEngine:
             self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
                                 max_new_tokens=job.max_tokens, streamer=streamer,
                                 stopping_criteria=StoppingCriteriaList([StopFlag(streamer)]),
+                                logits_processor=LogitsProcessorList(streamer.processors),
                                 pad_token_id=self._pad_id(), **self._sampling(job))
 
     def _run_batch(self, batch: list[Work]) -> None:
@@ -294,15 +299,18 @@ class AccelerateEngine:
         return self._cb.stream(job) if self._cb is not None else self._stream_static(job)
 
     async def _stream_static(self, job: GenerationJob):
+        from modelyard.runtime.engines import accelerate_sampling
         from modelyard.runtime.engines.accelerate_stream import END, QueueStreamer
 
         loop, queue = asyncio.get_running_loop(), asyncio.Queue()
-        streamer = QueueStreamer(self.tokenizer, loop, queue, job.stop)
+        procs, recorder = accelerate_sampling.processors(job, self.tokenizer)
+        streamer = QueueStreamer(self.tokenizer, loop, queue, job.stop, recorder)
+        streamer.processors = procs
         done = loop.create_future()
         self._work.put(Work(loop=loop, done=done, job=job, streamer=streamer, key=batch_key(job)))
         try:
             while (item := await queue.get()) is not END:
-                yield Delta(item)
+                yield Delta(*item)
             await done
         finally:
             streamer.cancelled = True

@@ -3,7 +3,7 @@
 Everything that touches the model (generation, adapter load/unload) goes through one
 ``WorkQueue`` served by one thread, so nothing races. When the thread picks a non-streaming
 request, it also takes every queued non-streaming request with the same adapter and sampling
-settings (and no seed), up to ``MAX_BATCH``, and runs them as one left-padded ``generate`` call.
+settings (and no seed, logprobs or penalties), up to ``MAX_BATCH``, and runs them as one left-padded ``generate`` call.
 Streaming and seeded requests run alone, in arrival order.
 """
 from __future__ import annotations
@@ -35,7 +35,7 @@ class Work:
 
 
 def batch_key(job) -> tuple | None:
-    if job.stream or job.seed is not None:
+    if job.stream or job.seed is not None or not job.plain_sampling():
         return None
     sampling = ("greedy",) if job.temperature == 0 else (job.temperature, job.top_p)
     return (job.adapter, *sampling)

@@ -140,8 +140,9 @@ class _Text(QueueStreamer):
         self.pieces: list[str] = []
 
     def _push(self, item) -> None:
-        if isinstance(item, str):
-            self.pieces.append(item)
+        text = item[0] if isinstance(item, tuple) else item  # (text, logprob entries) or END
+        if isinstance(text, str):
+            self.pieces.append(text)
 
     def feed(self, ids: list[int]) -> None:
         self.ids.extend(ids)

@@ -1,7 +1,7 @@
 """Bridges ``model.generate`` (running in a worker thread) to an asyncio consumer.
 
 ``QueueStreamer`` is a transformers ``BaseStreamer`` like ``TextIteratorStreamer``, but it also
-keeps the generated token ids (usage counts), applies OpenAI ``stop`` strings (holding back text
+keeps the generated token ids (usage counts) and, when asked, each token's logprob entry, applies OpenAI ``stop`` strings (holding back text
 that could be the start of one), and hands text to an ``asyncio.Queue`` without blocking the event
 loop. ``StopFlag`` ends generation early when a stop string matched or the client went away.
 """
@@ -17,8 +17,12 @@ END = object()
 
 
 class QueueStreamer(BaseStreamer):
-    def __init__(self, tokenizer, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue, stop: list[str]):
+    def __init__(self, tokenizer, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue, stop: list[str],
+                 recorder=None):
         self.tokenizer, self.loop, self.queue, self.stop = tokenizer, loop, queue, stop
+        self.recorder = recorder           # LogprobRecorder when the job asked for logprobs
+        self.entries: list[dict] = []      # logprob entries not yet handed over with text
+        self.processors: list = []         # logits processors generate() runs for this job
         self.ids: list[int] = []
         self.sent = 0                      # characters already handed to the consumer
         self.stopped = False               # a stop string matched
@@ -34,7 +38,10 @@ class QueueStreamer(BaseStreamer):
         self.token_times.append(time.perf_counter())
         if self.first_token_at is None:
             self.first_token_at = self.token_times[0]
-        self.ids.extend(int(x) for x in value.reshape(-1).tolist())
+        new = [int(x) for x in value.reshape(-1).tolist()]
+        self.ids.extend(new)
+        if self.recorder is not None and not self.stopped:
+            self.entries.extend(self.recorder.entry(t) for t in new)
         self._emit(final=False)
 
     def take_all(self, ids: list[int]) -> None:
@@ -57,7 +64,15 @@ class QueueStreamer(BaseStreamer):
 
     def finish(self) -> None:
         self._emit(final=True)
+        if self.entries:
+            self._push(("", self._take_entries()))
         self._push(END)
+
+    def _take_entries(self) -> list[dict] | None:
+        if self.recorder is None:
+            return None
+        out, self.entries = self.entries, []
+        return out
 
     def _push(self, item) -> None:
         self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
@@ -84,7 +99,7 @@ class QueueStreamer(BaseStreamer):
         else:
             end = len(text) if final else self._safe_end(text)
         if end > self.sent:
-            self._push(text[self.sent:end])
+            self._push((text[self.sent:end], self._take_entries()))
             self.sent = end
 
 

@@ -19,11 +19,20 @@ class GenerationJob:
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
     stream: bool = True                 # False: the engine may batch it with similar requests
+    logprobs: int | None = None         # None: none; k: the chosen token's logprob and the k most likely
+    presence_penalty: float = 0.0       # OpenAI's: minus this once a token appeared in the completion
+    frequency_penalty: float = 0.0      # minus this times how often it appeared
+    logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit
+
+    def plain_sampling(self) -> bool:
+        """True when only temperature/top_p shape the sampling (what a shared batch can do)."""
+        return self.logprobs is None and not (self.presence_penalty or self.frequency_penalty or self.logit_bias)
 
 
 @dataclass
 class Delta:
     text: str
+    logprobs: list[dict] | None = None  # one entry per token behind this text, when job.logprobs is set
 
 
 @dataclass

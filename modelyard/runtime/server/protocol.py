@@ -1,30 +1,54 @@
-"""OpenAI request bodies (the fields we honour; unknown fields are ignored like OpenAI's SDKs
-expect) and the response/chunk builders for completions and chat completions."""
+"""OpenAI request bodies and the response/chunk builders for completions and chat completions.
+
+Honest surface: every field is either honoured by the accelerate engine or refused with 400
+naming it (unknown fields too); nothing is accepted and ignored."""
 from __future__ import annotations
 
 import time
 import uuid
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from modelyard.runtime.server.engine import Finish
+MAX_N = 16
+MAX_LOGPROBS = 20
 
 
-class StreamOptions(BaseModel):
+class _Strict(BaseModel):
+    """Unknown fields are refused (400 naming the field), never silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class StreamOptions(_Strict):
     include_usage: bool = False
 
 
-class _Sampling(BaseModel):
+def _refuse(field: str, value, allowed=(None,), why: str = "") -> None:
+    if value not in allowed:
+        raise ValueError(f"not supported by the accelerate engine{': ' + why if why else ''}")
+
+
+class _Sampling(_Strict):
     model: str
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
     seed: int | None = None
-    n: int = Field(default=1, ge=1, le=1, description="only n=1 is supported")
+    n: int = Field(default=1, ge=1, le=MAX_N)
     stream: bool = False
     stream_options: StreamOptions | None = None
+    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    logit_bias: dict[int, float] | None = None
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias_range(cls, v):
+        if v and any(not -100 <= b <= 100 for b in v.values()):
+            raise ValueError("biases must be between -100 and 100")
+        return v
 
     def stop_list(self) -> list[str]:
         if self.stop is None:
@@ -36,40 +60,110 @@ class _Sampling(BaseModel):
         return bool(self.stream_options and self.stream_options.include_usage)
 
 
+Prompt = str | list[str] | list[int] | list[list[int]]
+
+
 class CompletionRequest(_Sampling):
-    prompt: str | list[str]
+    prompt: Prompt
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
+    echo: bool = False
+    best_of: int | None = None
+    suffix: str | None = None
 
     @field_validator("prompt")
     @classmethod
-    def _one_prompt(cls, v):
-        if isinstance(v, list):
-            if len(v) != 1:
-                raise ValueError("exactly one prompt is supported per request")
-            return v[0]
+    def _some_prompt(cls, v):
+        if isinstance(v, list) and not v:
+            raise ValueError("at least one prompt is needed")
         return v
 
+    @field_validator("echo")
+    @classmethod
+    def _echo(cls, v):
+        return _refuse("echo", v, (False,), "the completion never repeats the prompt") or v
 
-class TextPart(BaseModel):
+    @field_validator("best_of")
+    @classmethod
+    def _best_of(cls, v):
+        return _refuse("best_of", v, (None, 1), "use n for several completions") or v
+
+    @field_validator("suffix")
+    @classmethod
+    def _suffix(cls, v):
+        return _refuse("suffix", v, (None,), "no insertion mode") or v
+
+    def prompts(self) -> list[str | list[int]]:
+        """Each prompt as text or token ids."""
+        p = self.prompt
+        if isinstance(p, str):
+            return [p]
+        if all(isinstance(x, int) for x in p):
+            return [list(p)]
+        return list(p)
+
+    def top_logprobs(self) -> int | None:
+        return self.logprobs
+
+
+class TextPart(_Strict):
     type: Literal["text"] = "text"
     text: str
 
 
-class ChatMessage(BaseModel):
+class ChatMessage(_Strict):
     role: Literal["system", "user", "assistant", "tool", "developer"]
     content: str | list[TextPart] | None = ""
+    name: str | None = None
 
     def text(self) -> str:
         if isinstance(self.content, list):
             return "".join(p.text for p in self.content)
         return self.content or ""
 
+    def for_template(self) -> dict:
+        out = {"role": self.role, "content": self.text()}
+        return {**out, "name": self.name} if self.name else out
+
 
 class ChatRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
+    response_format: dict | None = None
+    tools: list | None = None
+    tool_choice: str | dict | None = None
+
+    @field_validator("response_format")
+    @classmethod
+    def _format(cls, v):
+        if v is not None and v.get("type") != "text":
+            _refuse("response_format", v, (), "only {'type': 'text'}; JSON output is not enforced by this "
+                    "engine (the vllm engine enforces it)")
+        return v
+
+    @field_validator("tools")
+    @classmethod
+    def _tools(cls, v):
+        return _refuse("tools", v or None, (None,), "no tool calling (the vllm engine has it)") or v
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _tool_choice(cls, v):
+        return _refuse("tool_choice", v, (None, "none"), "no tool calling") or v
+
+    @model_validator(mode="after")
+    def _top_needs_logprobs(self):
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        return self
 
     def limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
+
+    def top_count(self) -> int | None:
+        """None: no logprobs; else how many alternatives per token."""
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 class LoadAdapterRequest(BaseModel):
@@ -83,39 +177,6 @@ class UnloadAdapterRequest(BaseModel):
 
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
-
-
-def usage(finish: Finish) -> dict:
-    return {"prompt_tokens": finish.prompt_tokens, "completion_tokens": finish.completion_tokens,
-            "total_tokens": finish.prompt_tokens + finish.completion_tokens}
-
-
-def completion_body(rid: str, model: str, text: str, finish: Finish) -> dict:
-    return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish.reason}],
-            "usage": usage(finish)}
-
-
-def completion_chunk(rid: str, model: str, text: str, reason: str | None = None) -> dict:
-    return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": reason}]}
-
-
-def chat_body(rid: str, model: str, text: str, finish: Finish) -> dict:
-    return {"id": rid, "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "logprobs": None, "finish_reason": finish.reason}],
-            "usage": usage(finish)}
-
-
-def chat_chunk(rid: str, model: str, delta: dict, reason: str | None = None) -> dict:
-    return {"id": rid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}]}
-
-
-def usage_chunk(rid: str, model: str, obj: str, finish: Finish) -> dict:
-    return {"id": rid, "object": obj, "created": int(time.time()), "model": model, "choices": [],
-            "usage": usage(finish)}
 
 
 def model_list(names: list[str], owner: str, root: str, base: str) -> dict:
