@@ -233,3 +233,19 @@ def test_adapter_unload_and_load_while_streams_run(server, files):
     assert (out, back) == (200, 200)
     assert [(g["text"], g["usage"]) for g in got] == [(e["text"], e["usage"]) for e in expected]
     assert asyncio.run(alone()) == expected  # the reloaded adapter answers as before
+
+
+def test_logprobs_and_penalties_take_the_static_path_and_still_answer(server):
+    before = scrape(server.url)
+    chat = {"model": "tiny", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4, "temperature": 0}
+    r = httpx.post(f"{server.url}/v1/chat/completions", timeout=60, json={**chat, "logprobs": True, "top_logprobs": 2})
+    assert r.status_code == 200, r.text
+    entries = r.json()["choices"][0]["logprobs"]["content"]
+    assert len(entries) == r.json()["usage"]["completion_tokens"] and len(entries[0]["top_logprobs"]) == 2
+    r = httpx.post(f"{server.url}/v1/chat/completions", timeout=60, json={**chat, "presence_penalty": 1.5})
+    assert r.status_code == 200, r.text
+    after = scrape(server.url)
+    for reason in ("logprobs", "presence_penalty"):
+        key = dict(model="tiny", path="static", reason=reason)
+        assert sample(after, "modelyard_batching_requests_total", **key) - \
+            sample(before, "modelyard_batching_requests_total", **key) == 1, reason
