@@ -213,7 +213,7 @@ def test_an_offloaded_server_says_static_in_its_metrics_and_log(offloaded):
 
 def test_adapter_unload_and_load_while_streams_run(server, files):
     """Adapter admin pauses the manager between forward passes; running streams finish unharmed."""
-    bodies = [_request(i, {}) for i in range(6)]
+    bodies = [{**_request(i, {}), "max_tokens": 150} for i in range(6)]  # long enough to be running
 
     async def alone():
         async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
@@ -222,8 +222,12 @@ def test_adapter_unload_and_load_while_streams_run(server, files):
     async def with_admin():
         async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
             streams = [asyncio.create_task(_stream(client, b)) for b in bodies]
-            while sample(scrape(server.url), "modelyard_requests_in_flight") < len(bodies):
-                await asyncio.sleep(0.02)  # every stream has reached the engine before the admin calls
+            for _ in range(600):  # every stream has reached the engine before the admin calls
+                metrics = await asyncio.to_thread(scrape, server.url)
+                if sample(metrics, "modelyard_requests_in_flight") >= len(bodies):
+                    break
+                await asyncio.sleep(0.02)
+            assert sample(metrics, "modelyard_requests_in_flight") >= len(bodies), "streams ended before the admin calls"
             out = await client.post("/v1/unload_lora_adapter", json={"lora_name": "chat"})
             back = await client.post("/v1/load_lora_adapter", json={"lora_name": "chat", "lora_path": str(files["chat"])})
             return await asyncio.gather(*streams), out.status_code, back.status_code
