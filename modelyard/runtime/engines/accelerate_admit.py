@@ -41,7 +41,11 @@ class Admission:
 
     def __init__(self, switch: Callable[[object, object], None]):
         self._switch = switch
-        self._lock = threading.Lock()
+        # re-entrant: a switch pauses the manager, whose stop() runs gc.collect(), which may finalize an
+        # abandoned waiter right here (its cleanup takes the lock again); _switching keeps that from
+        # starting a second switch
+        self._lock = threading.RLock()
+        self._switching = False
         self._queue: collections.deque[_Waiter] = collections.deque()
         self.current: object = None      # the group the model is set up for
         self.running = 0                 # admitted requests of ``current`` not yet released
@@ -73,6 +77,8 @@ class Admission:
             self._pump()
 
     def _admit(self, waiter: _Waiter) -> None:
+        if waiter not in self._queue:
+            return
         self._queue.remove(waiter)
         self.running += 1
 
@@ -82,11 +88,15 @@ class Admission:
         waiter.loop.call_soon_threadsafe(_set)
 
     def _pump(self) -> None:
-        if not self._queue:
+        if self._switching or not self._queue:
             return
         head = self._queue[0]
         if self.running == 0 and not _same(head.group, self.current):
-            self._switch(self.current, head.group)
+            self._switching = True
+            try:
+                self._switch(self.current, head.group)
+            finally:
+                self._switching = False
             self.current, self.switches = head.group, self.switches + 1
             for waiter in list(self._queue):     # the new group takes all its queued requests
                 if waiter.group is STATIC and head.group is not STATIC:

@@ -17,8 +17,9 @@ What the library does per request, and what this module adds around it:
   for another adapter waits until the running group drains, then its group runs.
 - anything else a request asks for that the manager cannot honour (a seed for sampled output —
   the manager has one random generator for all requests — and any GenerationJob field this module
-  does not know, such as logprobs or penalties) runs on the static path: the manager is paused
-  (its thread stopped, attention switched back) and the engine's own ``generate`` serves it.
+  does not know, such as logprobs or penalties) runs on the static path: once the manager is idle
+  (nothing admitted, nothing scheduled) the model's own attention is switched back and the
+  engine's own ``generate`` serves it.
 
 Where continuous batching cannot apply to the model at all (weights split over devices by
 ``device_map`` — CPU/disk offload —, no ``init_continuous_batching``, or a probe request failing,
@@ -180,13 +181,28 @@ class ContinuousBatcher:
 
     # -- the model's state per group ----------------------------------------------------------
     def _switch(self, old, new) -> None:
-        if new is STATIC:
-            self._pause()
+        self._wait_idle()
+        m = self.manager
+        if new is STATIC:  # give the model back as loaded: its own attention, adapter layers on
+            if m._original_attn_impl is not None:
+                m.model.set_attn_implementation(m._original_attn_impl)
+            if self.engine._adapters:
+                self.engine.model.base_model.enable_adapter_layers()
             return
         if old is STATIC:
-            self.manager.switch_to_cb_friendly_attn(self.manager.model)
-            self.manager.start()
+            m.switch_to_cb_friendly_attn(m.model)
         self._select(new)
+
+    def _wait_idle(self, timeout: float = 120) -> None:
+        """Until the manager has nothing queued or scheduled: then its thread runs no forward pass
+        (a request leaves the scheduler only after its last forward). Nothing is admitted meanwhile;
+        this waits at most for a cancelled request's last step."""
+        m, deadline = self.manager, time.monotonic() + timeout
+        while (not m.input_queue.empty() or not m.cancel_queue.empty()
+               or m.batch_processor.scheduler.has_pending_requests()):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the continuous-batching manager did not go idle")
+            time.sleep(0.001)
 
     def _select(self, adapter: str | None) -> None:
         if not self.engine._adapters:
@@ -197,15 +213,6 @@ class ContinuousBatcher:
         else:
             tuner.enable_adapter_layers()
             self.engine.model.set_adapter(adapter)
-
-    def _pause(self) -> None:
-        """Stop the manager's thread (it is idle: nothing admitted) and give the model back as loaded."""
-        m = self.manager
-        m.background_thread_status.request_stop(m.background_thread_status.FLUSH_AND_STOP, 0)
-        m._has_new_requests.set()  # wake its idle wait now instead of within 0.1 s
-        m.stop(block=True, timeout=60, keep_for_next_session=True)
-        if self.engine._adapters:
-            self.engine.model.base_model.enable_adapter_layers()
 
     @contextlib.asynccontextmanager
     async def paused(self):
