@@ -13,7 +13,7 @@ import sys
 
 from modelyard import __version__
 
-COMMANDS = ("validate", "plan", "download", "convert", "serve", "up", "operator")
+COMMANDS = ("validate", "plan", "download", "convert", "serve", "up", "operator", "chat")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,6 +19,7 @@ PRINTER_COLUMNS = [
     {"name": "Engine", "type": "string", "jsonPath": ".status.plan.engine"},
     {"name": "Precision", "type": "string", "jsonPath": ".status.plan.precision"},
     {"name": "GPUs", "type": "integer", "jsonPath": ".spec.gpus"},
+    {"name": "Layout", "type": "string", "jsonPath": ".status.layout", "description": "Nodes × GPUs per node, TP × PP"},
     {"name": "VRAM/GPU", "type": "string", "jsonPath": ".status.plan.perGpu", "description": "Planned memory per GPU"},
     {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoint", "priority": 0},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
@@ -83,6 +84,8 @@ STATUS = {
             "description": "The conversion recipe and where its output lives.",
             "x-kubernetes-preserve-unknown-fields": True,
         },
+        "layout": {"type": "string", "description": "How one replica is spread: nodes × GPUs per node, tensor parallel × pipeline parallel (e.g. 2 × 8 GPUs, TP 8 × PP 2)."},
+        "nodes": {"type": "integer", "description": "Nodes (pods of a LeaderWorkerSet group) per replica."},
         "replicas": {"type": "integer", "description": "Serving replicas that exist."},
         "readyReplicas": {"type": "integer", "description": "Serving replicas that are ready."},
         "adapters": {

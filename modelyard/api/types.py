@@ -104,6 +104,23 @@ class EnvVar(_Base):
     value: str = Field("", description="Variable value. Use a Secret (source.secretRef) for credentials.", max_length=4096)
 
 
+class SecretKeyRef(_Base):
+    """One key of a Secret in the Model's namespace."""
+
+    name: str = Field(description="Name of the Secret.", pattern=DNS_SUBDOMAIN, max_length=253)
+    key: str = Field(description="Key in the Secret whose value is the API key file (one key per line).",
+                     pattern=r"^[-._a-zA-Z0-9]+$", max_length=253)
+
+
+class ServingAuth(_Base):
+    """API keys for the serving endpoint."""
+
+    secret_ref: SecretKeyRef = Field(
+        description="Secret key holding the API keys (one per line), mounted as the server's key file. Every "
+                    "/v1 route then requires 'Authorization: Bearer <key>'; /health and /metrics stay open. "
+                    "Updating the Secret rotates keys without a restart.")
+
+
 class Serving(_Base):
     """How the model is served."""
 
@@ -114,6 +131,17 @@ class Serving(_Base):
     port: int = Field(8000, description="Port of the OpenAI-compatible HTTP server.", ge=1024, le=65535)
     args: list[str] = Field(default_factory=list, description="Extra engine arguments, appended after modelyard's own.", max_length=64)
     env: list[EnvVar] = Field(default_factory=list, description="Extra environment variables for the serving container.", max_length=64)
+    trust_remote_code: bool = Field(
+        False, description="Run Python code shipped with the model (Hugging Face trust_remote_code). Off by default; "
+                           "serving.args cannot turn it on.")
+    auth: ServingAuth | None = Field(None, description="API keys required by the endpoint (off when absent).")
+
+    RULES: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("!has(self.args) || !self.args.exists(a, a.matches('^-*trust[-_]remote[-_]code'))",
+         "args cannot turn on trust_remote_code; set spec.serving.trustRemoteCode: true instead"),
+        ("!has(self.args) || !self.args.exists(a, a.matches('^--api[-_]key(=.*)?$'))",
+         "args cannot set the API key; use spec.serving.auth.secretRef"),
+    )
 
 
 def _number_to_str(value):
@@ -171,7 +199,7 @@ class ModelSpec(_Base):
     format: Format = Field("auto", description="Format of the weights at the source; auto detects it from the files.")
     precision: Precision = Field("auto", description="Precision to serve at; fp8/int8/int4 quantize (convert step or bitsandbytes at load).")
     engine: Engine = Field("auto", description="Serving engine; auto picks from the plan (vllm on GPUs, accelerate otherwise).")
-    gpus: int = Field(0, description="GPUs per replica; 0 serves on CPU. More than one shards the model (tensor parallel).", ge=0, le=64)
+    gpus: int = Field(0, description="GPUs per replica (over all its nodes); 0 serves on CPU. More than one shards the model: tensor parallel within a node, pipeline parallel across nodes when gpus > gpusPerNode.", ge=0, le=64)
     gpu_memory: str | None = Field(
         None, description="Memory of one GPU (e.g. 80GiB) or a resource profile name (e.g. nvidia-a100-80gb); used by the planner.",
         pattern=GPU_MEMORY, max_length=64,
@@ -179,6 +207,16 @@ class ModelSpec(_Base):
     gpu_resource: str = Field("nvidia.com/gpu", description="Extended resource name that requests GPUs.", pattern=LABEL_KEY, max_length=253)
     adapters: list[Adapter] = Field(default_factory=list, description="LoRA adapters served beside the base model.", max_length=32)
     replicas: int = Field(1, description="Serving replicas.", ge=0, le=100)
+    gpus_per_node: int | None = Field(
+        None, description="GPUs on each node. gpus above it spread one replica over several nodes (a LeaderWorkerSet: "
+        "tensor parallel within a node, pipeline parallel across nodes). Default: the operator's setting (chart value gpusPerNode, 8).",
+        ge=1, le=64,
+    )
+    nodes: int | None = Field(
+        None, description="Nodes per replica (LeaderWorkerSet size); gpus is split evenly over them. Default: as few as gpusPerNode allows. "
+        "With gpus 0, one vLLM process per node serves a pipeline stage on CPU.",
+        ge=1, le=64,
+    )
     serving: Serving = Field(default_factory=Serving, description="How the model is served.")
     resources: Resources = Field(default_factory=Resources, description="CPU/memory for the serving container.")
     node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the serving pods must match.")
@@ -206,6 +244,14 @@ class ModelSpec(_Base):
         (
             "!(self.gpus == 0 && has(self.gpuMemory))",
             "gpuMemory only applies when gpus >= 1",
+        ),
+        (
+            "!has(self.nodes) || self.gpus % self.nodes == 0",
+            "gpus must be a multiple of nodes: each node gets gpus / nodes GPUs",
+        ),
+        (
+            "!(self.engine == 'accelerate' && has(self.nodes) && self.nodes > 1)",
+            "nodes > 1 needs engine vllm (or auto); the accelerate engine serves on one node",
         ),
     )
 

@@ -16,7 +16,8 @@ from pathlib import Path
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 LIMIT = 4096
 PLAN_KEYS = ("parameters", "weightBytes", "kvCacheBytesPerToken", "engine", "precision",
-             "tensorParallelSize", "perGpuBytes", "maxModelLen", "fits", "reason")
+             "tensorParallelSize", "perGpuBytes", "maxModelLen", "fits", "reason",
+             "pipelineParallelSize", "nodes", "gpusPerNode")
 
 
 def register(sub) -> None:
@@ -35,6 +36,8 @@ def register(sub) -> None:
     p.add_argument("--plan-gpus", type=int, help="GPUs to plan for (0 = CPU)")
     p.add_argument("--plan-gpu-memory", help="memory per GPU, e.g. 80GiB")
     p.add_argument("--plan-max-model-len", type=int, help="context length to plan for")
+    p.add_argument("--plan-gpus-per-node", type=int, help="GPUs on each node (more GPUs span nodes)")
+    p.add_argument("--plan-nodes", type=int, help="nodes per replica")
     p.add_argument("--no-enforce-plan", dest="enforce_plan", action="store_false",
                    help="download even when the plan says the model does not fit (the plan is enforced only "
                    "when at least one --plan-* flag names a target)")
@@ -85,7 +88,8 @@ def _detected_format(dest: str) -> str | None:
 
 def _plan_args(args) -> dict:
     pairs = {"precision": args.plan_precision, "engine": args.plan_engine, "gpus": args.plan_gpus,
-             "gpu_memory": args.plan_gpu_memory, "max_model_len": args.plan_max_model_len}
+             "gpu_memory": args.plan_gpu_memory, "max_model_len": args.plan_max_model_len,
+             "gpus_per_node": args.plan_gpus_per_node, "nodes": args.plan_nodes}
     return {k: v for k, v in pairs.items() if v is not None}
 
 
@@ -96,12 +100,22 @@ def _check_plan_args(plan_args: dict | None) -> str | None:
     from modelyard.planner import PlanError, plan
     from modelyard.runtime.tiny import TINY_LLAMA
 
+    from modelyard.planner.parallel import check_gpus_per_node, check_nodes
+
     probe = {**TINY_LLAMA, "architectures": ["LlamaForCausalLM"], "model_type": "llama"}
+    # the layout (gpus over nodes) depends on the real config's heads and layers: only the values here
+    single = {k: v for k, v in plan_args.items() if k not in ("gpus_per_node", "nodes")}
+    if isinstance(single.get("gpus"), int) and single["gpus"] > 1:
+        single["gpus"] = 1
     try:
-        plan(probe, **plan_args)
+        if "gpus_per_node" in plan_args:
+            check_gpus_per_node(plan_args["gpus_per_node"])
+        check_nodes(plan_args.get("nodes"))
+        plan(probe, **single)
     except PlanError as exc:
         field = str(exc).split(":", 1)[0]
-        flag = {"gpuMemory": "--plan-gpu-memory", "maxModelLen": "--plan-max-model-len"}.get(field, f"--plan-{field}")
+        flag = {"gpuMemory": "--plan-gpu-memory", "maxModelLen": "--plan-max-model-len",
+                "gpusPerNode": "--plan-gpus-per-node"}.get(field, f"--plan-{field}")
         return f"{flag}: {str(exc).split(':', 1)[-1].strip()}"
     return None
 

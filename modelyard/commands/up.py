@@ -15,6 +15,10 @@ def register(sub) -> None:
     p.add_argument("--port", type=int, help="port to serve on (default: spec.serving.port, 8000)")
     p.add_argument("--workdir", type=Path, default=Path(".modelyard"),
                    help="cache and logs (default .modelyard); reused by the next `up`")
+    p.add_argument("--api-key-file", metavar="FILE",
+                   help="require one of the API keys in FILE (one per line, re-read on change) on /v1/*")
+    p.add_argument("--chat", action="store_true", help="also open a web chat page (modelyard chat) on the endpoint")
+    p.add_argument("--chat-port", type=int, default=7860, help="port of the chat page (default 7860)")
     p.set_defaults(func=run)
 
 
@@ -30,7 +34,13 @@ def run(args) -> int:
     except ValidationError as exc:
         print(f"modelyard up: invalid Model:\n{exc}", file=sys.stderr)
         return 2
-    opts = Options(yaml_path=args.file, workdir=args.workdir.resolve(), port=args.port or model.spec.serving.port)
+    from modelyard.commands.serve import check_key_file
+
+    if not check_key_file(args, "modelyard up"):
+        return 2
+    key_file = str(Path(args.api_key_file).resolve()) if args.api_key_file else None
+    opts = Options(yaml_path=args.file, workdir=args.workdir.resolve(), port=args.port or model.spec.serving.port,
+                   api_key_file=key_file, chat_port=args.chat_port if args.chat else None)
     local = LocalRun(model, opts)
 
     def on_signal(signum, frame):

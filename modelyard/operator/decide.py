@@ -23,6 +23,7 @@ from modelyard.operator.resources import (
     endpoint,
     served_adapters,
 )
+from modelyard.operator.resources.leaderworkerset import is_multinode, layout_text
 from modelyard.operator.status import StatusBuilder
 
 FAILURE_REASONS = {"DoesNotFit", "InvalidSpec", "InvalidSource", "DownloadFailed", "ConvertFailed"}
@@ -187,6 +188,8 @@ def _deploy(model: Model, obs: ob.Observed, settings: Settings, sb: StatusBuilde
     sb.set("endpoint", endpoint(model))
     sb.set("replicas", model.spec.replicas)
     sb.set("readyReplicas", ready)
+    sb.set("nodes", 1)
+    sb.set("layout", layout_text(1, model.spec.gpus, plan))
     if model.spec.replicas == 0:
         sb.condition("Ready", False, "ScaledToZero", "spec.replicas is 0")
         return "Deploying"
@@ -249,4 +252,11 @@ def _decide(model, obs, settings, sb, d, gpu_memory) -> str:
     phase, model_dir = _convert(model, obs, settings, sb, d, result)
     if phase:
         return phase
-    return _deploy(model, obs, settings, sb, d, result.get("plan") or {}, model_dir)
+    plan = result.get("plan") or {}
+    if is_multinode(model, plan, settings):
+        from modelyard.operator.decide_group import deploy_group
+
+        return deploy_group(model, obs, settings, sb, d, plan, model_dir)
+    if obs.lws:  # it was a multi-node Model before
+        d.actions.append(Action("delete", obs.lws))
+    return _deploy(model, obs, settings, sb, d, plan, model_dir)

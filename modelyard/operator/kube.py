@@ -25,6 +25,7 @@ PATHS = {
     "PersistentVolumeClaim": ("/api/v1", "persistentvolumeclaims"),
     "Pod": ("/api/v1", "pods"),
     "Event": ("/api/v1", "events"),
+    "LeaderWorkerSet": ("/apis/leaderworkerset.x-k8s.io/v1", "leaderworkersets"),
 }
 
 
@@ -68,6 +69,17 @@ class Kube:
             if exc.status == 404:
                 return None
             raise
+
+    def serves(self, kind: str) -> bool:
+        """Whether the API server serves ``kind`` (e.g. a CRD that may not be installed)."""
+        prefix, plural = PATHS[kind]
+        try:
+            found = self._call("GET", prefix)
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return any(r.get("name") == plural for r in (found or {}).get("resources") or [])
 
     def list(self, kind: str, namespace: str, labels: dict[str, str] | None = None) -> list[dict]:
         query = {"labelSelector": ",".join(f"{k}={v}" for k, v in labels.items())} if labels else None

@@ -25,6 +25,9 @@ class Observed:
     adapter_pods: dict[str, int] | None = None
     # the serving Deployment's pods (crash reasons)
     server_pods: list[dict] = field(default_factory=list)
+    # a replica over several nodes: its LeaderWorkerSet, and whether the cluster has that CRD (None: not asked)
+    lws: dict | None = None
+    lws_installed: bool | None = None
     # converted folders on this Model's (shared) cache claim that other Models finished: output -> Model
     converted_elsewhere: dict[str, str] = field(default_factory=dict)
 

@@ -1,14 +1,20 @@
-"""Ask running serving pods which adapters they have loaded (GET /v1/models on the pod IP)."""
+"""Ask running serving pods which adapters they have loaded.
+
+Read from the pod's ``/metrics`` (``modelyard_adapter_loaded{adapter="..."} 1``, both engines),
+not ``/v1/models``: ``/metrics`` stays open when the Model has API keys
+(``spec.serving.auth``), so the operator needs no key and no RBAC on Secrets to probe."""
 from __future__ import annotations
 
-import json
 import logging
 import urllib.request
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
+from prometheus_client.parser import text_string_to_metric_families
+
 log = logging.getLogger(__name__)
 TIMEOUT = 2.0
+ADAPTER_LOADED = "modelyard_adapter_loaded"  # runtime/metrics.py's contract (the operator never imports runtime)
 
 
 def _ready(pod: dict) -> bool:
@@ -17,19 +23,23 @@ def _ready(pod: dict) -> bool:
     return status.get("phase") == "Running" and bool(status.get("podIP")) and conds.get("Ready", "True") == "True"
 
 
+def loaded_from_metrics(text: str) -> list[str]:
+    return [s.labels["adapter"] for fam in text_string_to_metric_families(text) if fam.name == ADAPTER_LOADED
+            for s in fam.samples if s.value == 1 and s.labels.get("adapter")]
+
+
 def _loaded(url: str) -> list[str] | None:
     try:
         with urllib.request.urlopen(url, timeout=TIMEOUT) as resp:
-            data = json.load(resp)
+            return loaded_from_metrics(resp.read().decode("utf-8", "replace"))
     except (OSError, ValueError) as exc:
         log.debug("probe %s: %s", url, exc)
         return None
-    return [m["id"] for m in data.get("data", []) if m.get("parent")]
 
 
 def adapters_loaded(pods: list[dict], port: int) -> dict[str, int]:
     """adapter name -> how many ready pods report it loaded."""
-    urls = [f"http://{p['status']['podIP']}:{port}/v1/models" for p in pods if _ready(p)]
+    urls = [f"http://{p['status']['podIP']}:{port}/metrics" for p in pods if _ready(p)]
     counts: Counter[str] = Counter()
     if not urls:
         return {}

@@ -15,6 +15,7 @@ from modelyard.operator.observe import Observed, job_state, owned_pods, terminat
 from modelyard.operator.resources import Settings
 from modelyard.operator import probe
 from modelyard.operator.resources import served_adapters
+from modelyard.operator.resources.leaderworkerset import is_multinode
 from modelyard.operator.resources.common import COMPONENT_LABEL, INSTANCE_LABEL, cache_claim
 from modelyard.operator.status import StatusBuilder, changed, now
 
@@ -88,13 +89,25 @@ class Reconciler:
         )
         if model.spec.cache.claim_name:
             obs.converted_elsewhere = self._converted_on_claim(model)
-        if obs.deployment:
+        self._observe_group(model, obs)
+        if obs.deployment or obs.lws:
             obs.server_pods = self._list("Pod", ns, {INSTANCE_LABEL: name, COMPONENT_LABEL: "server"})
             if served_adapters(model):
                 obs.adapter_pods = probe.adapters_loaded(obs.server_pods, model.spec.serving.port)
         obs.download_pods, obs.download_log = self._pods_and_log(ns, obs.download_job, "download")
         obs.convert_pods, obs.convert_log = self._pods_and_log(ns, obs.convert_job, "convert")
         return obs
+
+    def _observe_group(self, model, obs: Observed) -> None:
+        """The LeaderWorkerSet of a multi-node Model (read directly: it has no watch, the CRD may be
+        missing), or of a Model that was multi-node before (to delete it)."""
+        status = (self._get("Model", model.namespace, model.name) or {}).get("status") or {}
+        wanted = is_multinode(model, status.get("plan") or {}, self.settings)
+        if not wanted and (status.get("nodes") or 1) <= 1:
+            return
+        obs.lws_installed = self.kube.serves("LeaderWorkerSet")
+        if obs.lws_installed:
+            obs.lws = self.kube.get("LeaderWorkerSet", model.namespace, model.name)
 
     def _converted_on_claim(self, model) -> dict[str, str]:
         """Outputs other Models on the same shared claim have converted (their Converted=True)."""

@@ -61,6 +61,8 @@ class Options:
     workdir: Path
     port: int
     host: str = "127.0.0.1"
+    api_key_file: str | None = None   # `up --api-key-file`: passed to serve (and the chat page)
+    chat_port: int | None = None      # `up --chat`: a chat page on this port beside the endpoint
 
 
 class LocalRun:
@@ -70,6 +72,7 @@ class LocalRun:
         self.model, self.opts, self.spec = model, opts, model.spec
         self.stopping = threading.Event()
         self.child: Child | None = None
+        self.chat: Child | None = None
         self.cache = opts.workdir / "cache"
         self.logs = opts.workdir / "logs"
 
@@ -77,14 +80,16 @@ class LocalRun:
     def stop(self) -> None:
         """Safe in a signal handler: flags the run and asks the current step to end (no waiting)."""
         self.stopping.set()
-        if self.child:
-            self.child.terminate()
+        for child in (self.chat, self.child):
+            if child:
+                child.terminate()
 
     def shutdown(self) -> None:
         """End the current step for good: SIGTERM to its group, SIGKILL after a grace period."""
         self.stopping.set()
-        if self.child:
-            self.child.stop()
+        for child in (self.chat, self.child):
+            if child:
+                child.stop()
 
     def _wait(self, child: Child) -> int:
         while True:
@@ -124,6 +129,10 @@ class LocalRun:
             flags += ["--plan-gpu-memory", s.gpu_memory]
         if s.serving.max_model_len:
             flags += ["--plan-max-model-len", str(s.serving.max_model_len)]
+        if s.gpus_per_node:
+            flags += ["--plan-gpus-per-node", str(s.gpus_per_node)]
+        if s.nodes:
+            flags += ["--plan-nodes", str(s.nodes)]
         if not s.planner.enforce:
             flags.append("--no-enforce-plan")
         return flags
@@ -200,13 +209,27 @@ class LocalRun:
         for a in s.adapters:
             if not a.merge:
                 args += ["--adapter", f"{a.name}={adapters[a.name]}"]
+        nodes = int(plan.get("nodes") or s.nodes or 1)
+        if nodes > 1:
+            args += ["--nodes", str(nodes)]
+            if s.gpus:
+                args += ["--pipeline-parallel-size", str(plan.get("pipelineParallelSize") or nodes)]
+        if s.serving.trust_remote_code:
+            args.append("--trust-remote-code")
+        if self.opts.api_key_file:
+            args += ["--api-key-file", self.opts.api_key_file]
         return args + (["--", *s.serving.args] if s.serving.args else [])
 
     def serve(self, args: list[str]) -> int:
         print(f"[serve] modelyard {shlex.join(args)}", flush=True)
+        if "--nodes" in args:  # one process per node, restarted together
+            from modelyard.runtime.local_group import serve_group
+
+            return serve_group(self, args, int(args[args.index("--nodes") + 1]))
         child = self._start("serve", args)
         self._wait_healthy(child)
         self._announce()
+        self._start_chat()
         rc = self._wait(child)
         if self.stopping.is_set():
             raise KeyboardInterrupt
@@ -230,11 +253,22 @@ class LocalRun:
             self.stopping.wait(0.25)
         raise StepFailed("serve", f"not healthy after {HEALTH_TIMEOUT_S}s")
 
+    def _start_chat(self) -> None:
+        if self.opts.chat_port is None:
+            return
+        args = ["chat", "--endpoint", f"http://127.0.0.1:{self.opts.port}/v1", "--port", str(self.opts.chat_port),
+                "--model", self.model.name]
+        if self.opts.api_key_file:
+            args += ["--api-key-file", self.opts.api_key_file]
+        self.chat = Child("chat", modelyard_command() + args)
+        print(f"chat page: http://127.0.0.1:{self.opts.chat_port}/  (this machine only)\n", flush=True)
+
     def _announce(self) -> None:
         base = f"http://127.0.0.1:{self.opts.port}/v1"
         body = json.dumps({"model": self.model.name, "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 32})
+        auth = (" -H \"Authorization: Bearer $(head -n1 " + self.opts.api_key_file + ")\"") if self.opts.api_key_file else ""
         print(f"\nready: {self.model.name} is served at {base}\n\n"
-              f"  curl {base}/chat/completions -H 'Content-Type: application/json' \\\n    -d '{body}'\n\n"
+              f"  curl {base}/chat/completions{auth} -H 'Content-Type: application/json' \\\n    -d '{body}'\n\n"
               f"metrics: http://127.0.0.1:{self.opts.port}/metrics   (Ctrl-C stops everything)\n", flush=True)
 
     def run(self) -> int:

@@ -1,4 +1,6 @@
-"""Changing spec.adapters hot-loads and unloads adapters in the running server, without a restart.
+"""Changing spec.adapters hot-loads and unloads adapters in the running server, without a restart,
+with API keys on (spec.serving.auth): the adapter sync authenticates, the operator's probe reads
+the open /metrics and needs no key.
 
 The real operator (against the emulator) writes the `<name>-adapters` ConfigMap; the test plays
 the kubelet (projects the ConfigMap into the file the pod mounts, with /cache mapped to a local
@@ -7,6 +9,7 @@ folder) and the controllers; a real `modelyard serve --engine accelerate` is the
 """
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import uuid
@@ -55,15 +58,29 @@ def adapters_status(k8s, ns, name):
     return {a["name"]: a["loadedPods"] for a in (k8s.get("Model", ns, name)["status"].get("adapters") or [])}
 
 
+KEY = "sk-hot-5e7a0c"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
 def served(url):
-    return {m["id"] for m in httpx.get(f"{url}/v1/models", timeout=5).json()["data"] if m.get("parent")}
+    return {m["id"] for m in httpx.get(f"{url}/v1/models", timeout=5, headers=AUTH).json()["data"] if m.get("parent")}
+
+
+def project_secret(k8s, ns, dep, path):
+    """What the kubelet does with the Deployment's api-keys Secret volume."""
+    volume = next(v for v in dep["spec"]["template"]["spec"]["volumes"] if v["name"] == "api-keys")["secret"]
+    secret = k8s.get("Secret", ns, volume["secretName"])
+    path.write_bytes(base64.b64decode(secret["data"][volume["items"][0]["key"]]))
 
 
 def test_adapter_changes_hot_load_without_restart(k8s, namespace, cache, tmp_path):
     port = free_port()
     spec = {"source": {"uri": BASE_URI}, "engine": "accelerate", "precision": "float32", "gpus": 0,
-            "serving": {"port": port}, "adapters": [{"name": "sql", "uri": ADAPTERS["sql"]}]}
-    adapters_file = tmp_path / "adapters.json"
+            "serving": {"port": port, "auth": {"secretRef": {"name": "hot-keys", "key": "keys"}}},
+            "adapters": [{"name": "sql", "uri": ADAPTERS["sql"]}]}
+    adapters_file, keys_file = tmp_path / "adapters.json", tmp_path / "api-keys"
+    k8s.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hot-keys", "namespace": namespace},
+                "data": {"keys": base64.b64encode(KEY.encode()).decode()}})
     with run_operator(k8s.kubeconfig):
         k8s.create({"apiVersion": "modelyard.io/v1alpha1", "kind": "Model", "metadata": {"name": "hot", "namespace": namespace}, "spec": spec})
         job = k8s.wait_for(lambda: k8s.get("Job", namespace, "hot-download"))
@@ -73,12 +90,15 @@ def test_adapter_changes_hot_load_without_restart(k8s, namespace, cache, tmp_pat
         k8s.wait_for(lambda: k8s.get("ConfigMap", namespace, "hot-adapters"))
         args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
         assert args[args.index("--adapters-file") + 1] == "/etc/modelyard/adapters/adapters.json"
+        assert args[args.index("--api-key-file") + 1] == "/etc/modelyard/auth/api-keys"
+        project_secret(k8s, namespace, dep, keys_file)
 
         # the pod: kubelet projects the ConfigMap, the container runs the Deployment's command
         project_configmap(k8s, namespace, "hot", cache, adapters_file)
         model_dir = args[args.index("--model") + 1].replace("/cache", str(cache), 1)
         server = PodServer(port, ["--engine", "accelerate", "--model", model_dir, "--served-model-name", "hot",
-                                  "--adapters-file", str(adapters_file)], tmp_path / "serve.log")
+                                  "--adapters-file", str(adapters_file), "--api-key-file", str(keys_file)],
+                           tmp_path / "serve.log")
         try:
             server.wait_healthy()
             pid = server.proc.pid
@@ -113,7 +133,12 @@ def test_adapter_changes_hot_load_without_restart(k8s, namespace, cache, tmp_pat
 
             assert server.proc.pid == pid and server.proc.poll() is None  # never restarted
             assert k8s.get("Deployment", namespace, "hot")["spec"]["template"] == template  # never rolled
-            reply = httpx.post(f"{server.url}/v1/completions", json={"model": "chat", "prompt": "hello", "max_tokens": 4}, timeout=30)
-            assert reply.status_code == 200
+            ask = {"model": "chat", "prompt": "hello", "max_tokens": 4}
+            assert httpx.post(f"{server.url}/v1/completions", json=ask, timeout=30).status_code == 401
+            assert httpx.post(f"{server.url}/v1/completions", json=ask, timeout=30, headers=AUTH).status_code == 200
+            model = k8s.get("Model", namespace, "hot")
+            events = k8s.list("Event", namespace)
+            assert KEY not in json.dumps(model) and KEY not in json.dumps(events)
+            assert KEY not in (tmp_path / "serve.log").read_text()
         finally:
             server.stop()

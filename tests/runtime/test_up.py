@@ -170,3 +170,13 @@ def test_up_converts_a_pytorch_checkpoint_then_serves_it(project, tmp_path):
 def test_missing_model_file_is_named(tmp_path):
     r = subprocess.run([MODELYARD, "up", "-f", str(tmp_path / "nope.yaml")], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "nope.yaml" in r.stderr and "No such file" in r.stderr
+
+
+def test_an_unusable_api_key_file_is_named_before_anything_runs(tmp_path):
+    model = tmp_path / "m.yaml"
+    model.write_text("apiVersion: modelyard.io/v1alpha1\nkind: Model\nmetadata: {name: m}\nspec:\n  source: {uri: 'hf://a/b'}\n")
+    (tmp_path / "keys").write_text("# no key yet\n")
+    r = subprocess.run([MODELYARD, "up", "-f", str(model), "--api-key-file", str(tmp_path / "keys"),
+                        "--workdir", str(tmp_path / "w")], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "--api-key-file" in r.stderr and "holds no key" in r.stderr
+    assert not (tmp_path / "w").exists()

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 
 import httpx
 import pytest
 
-from modelyard.runtime.tiny import make_tiny_llama
 from tests.runtime.vllm_server import VllmServer, serve_cmd, total
 
 pytestmark = pytest.mark.slow
@@ -17,36 +17,30 @@ PROMPT = "The operator downloads weights"
 
 
 def make_adapter(base, out, seed, targets=("q_proj", "v_proj"), r=8):
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
+    from tests.runtime.accelerate_helpers import make_adapter as make
 
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(str(base))
-    get_peft_model(model, LoraConfig(init_lora_weights=False, r=r, target_modules=list(targets))).save_pretrained(str(out))
-    return out
+    return make(base, out, seed, targets, r)
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    root = tmp_path_factory.mktemp("vllm")
-    base = make_tiny_llama(root / "base")
-    other = make_tiny_llama(root / "other", hidden_size=128, num_attention_heads=2, num_key_value_heads=1)
-    return {"root": root, "base": base, "sql": make_adapter(base, root / "sql", 1),
-            "chat": make_adapter(base, root / "chat", 2), "small": make_adapter(other, root / "small", 3)}
+def files(vllm_files):
+    return vllm_files
 
 
 @pytest.fixture(scope="module")
-def server(files):
-    srv = VllmServer(["--model", str(files["base"]), "--served-model-name", "tiny", "--max-model-len", "512",
-                      "--adapter", f"sql={files['sql']}"], files["root"] / "serve.log")
-    try:
-        yield srv.wait_ready()
-    finally:
-        rc = srv.stop()
-    leftovers = subprocess.run(["pgrep", "-f", f"vllm.entrypoints.openai.api_server.*{files['base']}"],
-                               capture_output=True, text=True).stdout.split()
-    assert rc == 0 and not leftovers, f"SIGTERM: exit {rc}, vLLM processes left {leftovers}\n{srv.tail()}"
+def server(vllm_server):
+    return vllm_server  # session-wide (tests/runtime/conftest.py): API key, declared adapters, limits
+
+
+def declare(files, **adapters):
+    files["adapters"].write_text(json.dumps({k: str(v) for k, v in adapters.items()}))
+
+
+def wait_for(check, timeout=60):
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.25)
 
 
 def complete(server, model, prompt=PROMPT, max_tokens=8, **kw) -> dict:
@@ -58,7 +52,7 @@ def complete(server, model, prompt=PROMPT, max_tokens=8, **kw) -> dict:
 
 def sse(server, path, body) -> list:
     events = []
-    with httpx.stream("POST", server.url + path, json={**body, "stream": True}, timeout=60) as r:
+    with httpx.stream("POST", server.url + path, json={**body, "stream": True}, timeout=60, headers=server.headers) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         for line in r.iter_lines():
             if line.startswith("data: "):
@@ -99,7 +93,7 @@ def test_streams_end_with_done_and_usage_only_when_asked(server):
 
 
 def test_models_lists_base_and_adapter(server):
-    ids = [m["id"] for m in httpx.get(server.url + "/v1/models", timeout=10).json()["data"]]
+    ids = server.ids()
     assert ids[0] == "tiny" and "sql" in ids
 
 
@@ -111,33 +105,40 @@ def test_adapter_changes_greedy_output(server):
 
 def test_hot_load_and_unload_an_adapter_without_restart(server, files):
     pid = server.proc.pid
-    r = server.post("/v1/load_lora_adapter", {"lora_name": "chat", "lora_path": str(files["chat"])})
-    assert r.status_code == 200, r.text
-    ids = [m["id"] for m in httpx.get(server.url + "/v1/models", timeout=10).json()["data"]]
-    assert "chat" in ids
+    declare(files, sql=files["sql"], chat=files["chat"])  # the adapter sync (authenticated) loads it
+    wait_for(lambda: "chat" in server.ids())
     assert complete(server, "chat")["model"] == "chat"
     assert total(server.samples(), "modelyard_adapter_loaded", adapter="chat") == 1
-    r = server.post("/v1/unload_lora_adapter", {"lora_name": "chat"})
-    assert r.status_code == 200, r.text
-    ids = [m["id"] for m in httpx.get(server.url + "/v1/models", timeout=10).json()["data"]]
-    assert "chat" not in ids and "sql" in ids
+    declare(files, sql=files["sql"])
+    wait_for(lambda: "chat" not in server.ids())
+    assert "sql" in server.ids()
     assert not any(n == "modelyard_adapter_loaded" and ("adapter", "chat") in lab for n, lab in server.samples())
     assert server.post("/v1/completions", {"model": "chat", "prompt": "x"}).status_code == 404
     assert server.proc.pid == pid and server.proc.poll() is None
 
 
+def test_no_client_can_load_an_undeclared_adapter(server, files):
+    r = server.post("/v1/load_lora_adapter", {"lora_name": "chat", "lora_path": str(files["chat"])})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "adapter_not_declared"
+    assert "chat" not in server.ids()
+
+
 def test_bad_adapters_are_refused_with_the_reason(server, files):
-    r = server.post("/v1/load_lora_adapter", {"lora_name": "small", "lora_path": str(files["small"])})
-    assert r.status_code == 400
-    assert "(hidden_size=128), but the served model" in r.json()["error"]["message"]
     bad = files["root"] / "bad-target"
     make_adapter(files["base"], bad, 4)
     cfg = json.loads((bad / "adapter_config.json").read_text())
     (bad / "adapter_config.json").write_text(json.dumps({**cfg, "target_modules": ["q_proj", "wqkv"]}))
-    r = server.post("/v1/load_lora_adapter", {"lora_name": "bad", "lora_path": str(bad)})
-    assert r.status_code == 400 and "target modules ['wqkv'] do not exist" in r.json()["error"]["message"]
-    ids = [m["id"] for m in httpx.get(server.url + "/v1/models", timeout=10).json()["data"]]
-    assert "small" not in ids and "bad" not in ids
+    declare(files, sql=files["sql"], small=files["small"], bad=bad)
+    try:
+        r = server.post("/v1/load_lora_adapter", {"lora_name": "small", "lora_path": str(files["small"])})
+        assert r.status_code == 400
+        assert "(hidden_size=128), but the served model" in r.json()["error"]["message"]
+        r = server.post("/v1/load_lora_adapter", {"lora_name": "bad", "lora_path": str(bad)})
+        assert r.status_code == 400 and "target modules ['wqkv'] do not exist" in r.json()["error"]["message"]
+        ids = server.ids()
+        assert "small" not in ids and "bad" not in ids
+    finally:
+        declare(files, sql=files["sql"])
 
 
 def test_metrics_count_exactly_the_requests_sent(server):

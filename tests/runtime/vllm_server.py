@@ -30,7 +30,8 @@ def serve_cmd(*args: str) -> list[str]:
 
 
 class VllmServer:
-    def __init__(self, args: list[str], log: Path):
+    def __init__(self, args: list[str], log: Path, key: str | None = None):
+        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
@@ -61,14 +62,20 @@ class VllmServer:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(timeout=60)
+                self.proc.wait(timeout=150)  # vLLM drains up to 60 s, then gets 30 s to exit
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         return self.proc.returncode
 
     def post(self, path: str, body: dict, timeout: float = 60) -> httpx.Response:
-        return httpx.post(self.url + path, json=body, timeout=timeout)
+        return httpx.post(self.url + path, json=body, timeout=timeout, headers=self.headers)
+
+    def get(self, path: str, timeout: float = 10) -> httpx.Response:
+        return httpx.get(self.url + path, timeout=timeout, headers=self.headers)
+
+    def ids(self) -> list[str]:
+        return [m["id"] for m in self.get("/v1/models").json()["data"]]
 
     def samples(self) -> dict[tuple, float]:
         """Every sample of /metrics as {(name, sorted labels): value}."""

@@ -85,6 +85,17 @@ INVALID = [
     ("adapter-revision", with_spec(adapters=[{"name": "sql", "uri": "hf://a/b", "revision": "../x y"}]), "spec.adapters[0].revision", ""),
     ("adapter-secret", with_spec(adapters=[{"name": "sql", "uri": "hf://a/b", "secretRef": {"name": "A B"}}]), "spec.adapters[0].secretRef.name", "DNS-1123"),
     ("env-value-type", with_spec(serving={"env": [{"name": "X", "value": {"a": 1}}]}), "spec.serving.env[0].value", ""),
+    ("args-trust-remote-code", with_spec(serving={"args": ["--trust-remote-code"]}), "spec.serving", "spec.serving.trustRemoteCode"),
+    ("args-api-key", with_spec(serving={"args": ["--api-key", "x"]}), "spec.serving", "spec.serving.auth.secretRef"),
+    ("trust-remote-code-type", with_spec(serving={"trustRemoteCode": "maybe"}), "spec.serving.trustRemoteCode", ""),
+    ("auth-without-key", with_spec(serving={"auth": {"secretRef": {"name": "keys"}}}), "spec.serving.auth.secretRef.key", "required"),
+    ("auth-bad-secret-name", with_spec(serving={"auth": {"secretRef": {"name": "A B", "key": "k"}}}), "spec.serving.auth.secretRef.name", ""),
+    ("gpus-per-node-zero", with_spec(gpusPerNode=0), "spec.gpusPerNode", "greater than or equal"),
+    ("gpus-per-node-string", with_spec(gpusPerNode="eight"), "spec.gpusPerNode", ""),
+    ("nodes-zero", with_spec(nodes=0), "spec.nodes", "greater than or equal"),
+    ("nodes-too-many", with_spec(nodes=65), "spec.nodes", "less than or equal"),
+    ("nodes-uneven", with_spec(gpus=12, nodes=5), "spec", "gpus must be a multiple of nodes"),
+    ("nodes-accelerate", with_spec(engine="accelerate", gpus=2, nodes=2), "spec", "nodes > 1 needs engine vllm"),
     ("bad-api-version", {**VALID, "apiVersion": "modelyard.io/v1"}, "apiVersion", "v1alpha1"),
     ("bad-name", {**VALID, "metadata": {"name": "Llama_8B"}}, "metadata.name", "DNS-1035"),
     ("long-name", {**VALID, "metadata": {"name": "a" * 53}}, "metadata.name", ""),
@@ -117,6 +128,8 @@ VALID_DOCS = [
     with_spec(source={"uri": "file:///tmp/tiny"}, engine="accelerate", precision="float32"),
     with_spec(source={"uri": "pvc://models/llama/v1"}, format="gguf", precision="bfloat16"),
     with_spec(source={"uri": "https://example.com/model.tar.gz"}, precision="fp8", gpus=1, gpuMemory="24GB"),
+    with_spec(gpus=16, gpusPerNode=8, nodes=2, gpuMemory="80GiB"),
+    with_spec(source={"uri": "file:///tmp/tiny"}, engine="vllm", gpus=0, nodes=2),
 ]
 
 

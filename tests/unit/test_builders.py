@@ -173,3 +173,19 @@ def test_adapters_configmap_changes_without_rolling_the_deployment():
     merged = model(adapters=[{"name": "sql", "uri": "hf://someone/sql-lora", "merge": True}])
     assert build_adapters_configmap(merged) is None
     assert "--adapters-file" not in build_deployment(merged, SETTINGS, PLAN, "/cache/x")["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+def test_api_keys_come_from_a_secret_mounted_as_a_file_and_trust_remote_code_is_explicit():
+    plain = build_deployment(model(), SETTINGS, PLAN, "/cache/sources/x")["spec"]["template"]["spec"]
+    assert "--api-key-file" not in plain["containers"][0]["args"] and "--trust-remote-code" not in plain["containers"][0]["args"]
+    locked = model(serving={"trustRemoteCode": True, "auth": {"secretRef": {"name": "llama-keys", "key": "keys"}}})
+    pod = build_deployment(locked, SETTINGS, PLAN, "/cache/sources/x")["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["args"][c["args"].index("--api-key-file") + 1] == "/etc/modelyard/auth/api-keys"
+    assert "--trust-remote-code" in c["args"]
+    assert {"name": "api-keys", "mountPath": "/etc/modelyard/auth", "readOnly": True} in c["volumeMounts"]
+    # a directory mount with items (not subPath): the kubelet updates it when the Secret rotates
+    assert {"name": "api-keys", "secret": {"secretName": "llama-keys", "defaultMode": 0o440,
+                                           "items": [{"key": "keys", "path": "api-keys"}]}} in pod["volumes"]
+    assert c["startupProbe"]["httpGet"]["path"] == "/health"  # probes stay open
+    assert not any("llama-keys" in json.dumps(e) for e in c.get("env", []))

@@ -199,3 +199,18 @@ def test_adapter_flags_are_checked(specs, message):
     with pytest.raises(AdapterError, match=message):
         parse_adapters(specs)
     assert parse_adapters(["sql=/m/sql", "chat = /m/chat"]) == {"sql": "/m/sql", "chat": "/m/chat"}
+
+
+@pytest.mark.parametrize("extra, field", [(["--trust-remote-code"], "spec.serving.trustRemoteCode"),
+                                          (["--trust_remote_code"], "spec.serving.trustRemoteCode"),
+                                          (["--api-key", "sk-x"], "spec.serving.auth.secretRef")])
+def test_extra_args_cannot_smuggle_remote_code_or_keys(model, extra, field):
+    with pytest.raises(ServeConfigError, match=field):
+        build_vllm_args(model, served_model_name="m", port=8000, extra_args=extra)
+
+
+def test_trust_remote_code_only_from_the_spec(model):
+    assert "--trust-remote-code" not in build_vllm_args(model, served_model_name="m", port=8000)
+    args = build_vllm_args(model, served_model_name="m", port=8000, trust_remote_code=True,
+                           extra_args=["--trust-remote-code"])  # saying what the spec says is fine
+    assert args.count("--trust-remote-code") == 1

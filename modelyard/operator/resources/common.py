@@ -32,6 +32,7 @@ class Settings:
     profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
     default_storage_class: str | None = None
     image_pull_policy: str = "IfNotPresent"
+    gpus_per_node: int = 8  # GPUs on each node: spec.gpus above it spans nodes (spec.gpusPerNode overrides)
 
     @classmethod
     def from_dict(cls, data: dict | None) -> "Settings":
@@ -42,7 +43,14 @@ class Settings:
             profiles=dict(data.get("profiles") or {}),
             default_storage_class=(data.get("cache") or {}).get("defaultStorageClass"),
             image_pull_policy=data.get("imagePullPolicy", base.image_pull_policy),
+            gpus_per_node=int(data.get("gpusPerNode") or base.gpus_per_node),
         )
+
+
+def gpus_per_node(model: Model, settings: Settings) -> int:
+    """spec.gpusPerNode, else the gpusPerNode of the profile spec.gpuMemory names, else the setting."""
+    profile = settings.profiles.get(model.spec.gpu_memory or "") or {}
+    return int(model.spec.gpus_per_node or profile.get("gpusPerNode") or settings.gpus_per_node)
 
 
 def labels(model: Model, component: str) -> dict[str, str]:

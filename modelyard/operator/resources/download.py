@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from modelyard.api import Model
 from modelyard.operator.resources.common import (
+    gpus_per_node,
     BASE_ENV,
     CACHE_MOUNT,
     Settings,
@@ -54,12 +55,16 @@ def build_cache_pvc(model: Model, settings: Settings) -> dict | None:
     }
 
 
-def plan_args(model: Model, gpu_memory: str | None) -> list[str]:
+def plan_args(model: Model, gpu_memory: str | None, per_node: int = 8) -> list[str]:
     """The planner's inputs, passed to the step that first sees config.json."""
     spec = model.spec
     args = ["--plan-precision", spec.precision, "--plan-engine", spec.engine, "--plan-gpus", str(spec.gpus)]
     if gpu_memory:
         args += ["--plan-gpu-memory", gpu_memory]
+    if spec.nodes or spec.gpus_per_node or spec.gpus > per_node:  # else a one-node plan, as before
+        args += ["--plan-gpus-per-node", str(per_node)]
+    if spec.nodes:
+        args += ["--plan-nodes", str(spec.nodes)]
     if spec.serving.max_model_len:
         args += ["--plan-max-model-len", str(spec.serving.max_model_len)]
     if not spec.planner.enforce:
@@ -94,7 +99,7 @@ def build_download_job(model: Model, settings: Settings, gpu_memory: str | None 
     """Fetch config.json, plan, then the weights (main container); adapters first (init containers, no plan)."""
     src, image = model.spec.source, settings.images["download"]
     main = _download_container("download", image, settings, src.uri, base_dir(model), src.revision,
-                               src.include, src.secret_ref, plan_args(model, gpu_memory))
+                               src.include, src.secret_ref, plan_args(model, gpu_memory, gpus_per_node(model, settings)))
     inits = [
         _download_container(f"adapter-{a.name}", image, settings, a.uri, adapter_dir(a), a.revision, (), a.secret_ref, ["--no-plan"])
         for a in model.spec.adapters

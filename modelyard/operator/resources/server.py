@@ -22,6 +22,8 @@ from modelyard.operator.resources.download import adapter_dir
 
 ADAPTERS_DIR = "/etc/modelyard/adapters"
 ADAPTERS_FILE = f"{ADAPTERS_DIR}/adapters.json"
+AUTH_DIR = "/etc/modelyard/auth"
+API_KEY_FILE = f"{AUTH_DIR}/api-keys"
 
 
 def served_adapters(model: Model) -> dict[str, str]:
@@ -65,6 +67,12 @@ def serve_args(model: Model, plan: dict, model_dir: str) -> list[str]:
     if served_adapters(model):
         # Not --adapter flags: the file follows the ConfigMap, so adapter changes need no restart.
         args += ["--adapters-file", ADAPTERS_FILE]
+    if spec.serving.trust_remote_code:
+        args.append("--trust-remote-code")
+    if spec.serving.auth:
+        # A directory mount (not subPath): the kubelet updates it when the Secret changes, and the
+        # server re-reads the file, so keys rotate without a restart.
+        args += ["--api-key-file", API_KEY_FILE]
     if spec.serving.args:
         args += ["--", *spec.serving.args]
     return args
@@ -80,28 +88,47 @@ def _probes(port: int) -> dict:
     }
 
 
-def build_deployment(model: Model, settings: Settings, plan: dict, model_dir: str) -> dict:
+def _config_volumes(model: Model) -> list[tuple[dict, dict]]:
+    """(volume, mount) of the adapters ConfigMap and the API key Secret, when the Model has them."""
+    out = []
+    if served_adapters(model):
+        out.append(({"name": "adapters", "configMap": {"name": f"{model.name}-adapters"}},
+                    {"name": "adapters", "mountPath": ADAPTERS_DIR, "readOnly": True}))
+    if model.spec.serving.auth:
+        ref = model.spec.serving.auth.secret_ref
+        out.append(({"name": "api-keys", "secret": {"secretName": ref.name, "defaultMode": 0o440,
+                                                     "items": [{"key": ref.key, "path": "api-keys"}]}},
+                    {"name": "api-keys", "mountPath": AUTH_DIR, "readOnly": True}))
+    return out
+
+
+def server_pod_spec(model: Model, settings: Settings, plan: dict, model_dir: str, *,
+                    gpus: int | None = None, args: list[str] | None = None, probes: dict | None = None) -> dict:
+    """The serving pod: one `modelyard serve` container with the cache, /dev/shm and GPUs.
+
+    ``gpus`` is what this pod requests (spec.gpus unless a multi-node layout splits it)."""
     spec = model.spec
+    gpus = spec.gpus if gpus is None else gpus
     engine = plan.get("engine") or ("vllm" if spec.gpus else "accelerate")
     volumes, mounts = scratch_volumes()
     # vLLM's tensor-parallel workers talk through shared memory.
-    shm = {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi" if spec.gpus > 1 else "1Gi"}}
+    shm = {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi" if gpus > 1 else "1Gi"}}
     resources = {"requests": dict(spec.resources.requests), "limits": dict(spec.resources.limits)}
-    if spec.gpus:
-        resources["limits"][spec.gpu_resource] = str(spec.gpus)
-        resources["requests"][spec.gpu_resource] = str(spec.gpus)
+    if gpus:
+        resources["limits"][spec.gpu_resource] = str(gpus)
+        resources["requests"][spec.gpu_resource] = str(gpus)
     container = {
         "name": "server",
         "image": settings.images["serveVllm" if engine == "vllm" else "serveAccelerate"],
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["modelyard"],
-        "args": serve_args(model, plan, model_dir),
+        "args": args if args is not None else serve_args(model, plan, model_dir),
         "ports": [{"name": "http", "containerPort": spec.serving.port, "protocol": "TCP"}],
         "env": list(BASE_ENV) + [{"name": e.name, "value": e.value} for e in spec.serving.env],
         "volumeMounts": [cache_mount(read_only=True), {"name": "dshm", "mountPath": "/dev/shm"}] + mounts,
         "securityContext": container_security(),
         "resources": {k: v for k, v in resources.items() if v},
-        **_probes(spec.serving.port),
+        **(_probes(spec.serving.port) if probes is None else probes),
     }
     pod_spec = {
         "automountServiceAccountToken": False,
@@ -111,13 +138,19 @@ def build_deployment(model: Model, settings: Settings, plan: dict, model_dir: st
         "containers": [container],
         "volumes": [cache_volume(model, read_only=True), shm] + volumes,
     }
-    if served_adapters(model):
-        container["volumeMounts"].append({"name": "adapters", "mountPath": ADAPTERS_DIR, "readOnly": True})
-        pod_spec["volumes"].append({"name": "adapters", "configMap": {"name": f"{model.name}-adapters"}})
+    for volume, mount in _config_volumes(model):
+        pod_spec["volumes"].append(volume)
+        container["volumeMounts"].append(mount)
     if spec.node_selector:
         pod_spec["nodeSelector"] = dict(spec.node_selector)
     if spec.tolerations:
         pod_spec["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in spec.tolerations]
+    return pod_spec
+
+
+def build_deployment(model: Model, settings: Settings, plan: dict, model_dir: str) -> dict:
+    spec = model.spec
+    pod_spec = server_pod_spec(model, settings, plan, model_dir)
     template_hash = digest({"pod": pod_spec})
     meta = metadata(model, model.name, "server", template_hash)
     pod_labels = meta["labels"]

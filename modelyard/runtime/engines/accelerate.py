@@ -40,6 +40,10 @@ def _max_memory(raw: str | None) -> dict | None:
     return {int(k) if str(k).isdigit() else k: v for k, v in value.items()}
 
 
+# from_pretrained keywords the spec owns: extra arguments cannot set them.
+_OWNED_KWARGS = {"trust_remote_code": "spec.serving.trustRemoteCode (modelyard serve --trust-remote-code)"}
+
+
 def _extra_kwargs(extra: list[str]) -> dict:
     """Engine args after ``--``: ``key=value`` pairs for ``from_pretrained`` (values parsed as JSON when they can be)."""
     out = {}
@@ -47,6 +51,9 @@ def _extra_kwargs(extra: list[str]) -> dict:
         key, sep, value = item.lstrip("-").partition("=")
         if not sep:
             raise EngineConfigError(f"extra accelerate argument {item!r}: expected key=value (a from_pretrained keyword)")
+        if key.replace("-", "_") in _OWNED_KWARGS:
+            raise EngineConfigError(f"extra accelerate argument {item!r} is refused: set "
+                                    f"{_OWNED_KWARGS[key.replace('-', '_')]} instead")
         try:
             out[key.replace("-", "_")] = json.loads(value)
         except json.JSONDecodeError:
@@ -136,7 +143,8 @@ class AccelerateEngine:
     def load(self) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+        trust = bool(self.kwargs.get("trust_remote_code"))
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir, trust_remote_code=trust)
         self.model = AutoModelForCausalLM.from_pretrained(self.model_dir, **self.kwargs).eval()
         self.base_config = json.loads((Path(self.model_dir) / "config.json").read_text())
         self.max_model_len = _context_length(self.model.config, self.tokenizer, self.requested_len)
@@ -339,6 +347,7 @@ def build(args) -> AccelerateEngine:
     kwargs = load_kwargs(str(model_dir), args.precision, args.gpus, _max_memory(args.max_memory),
                          args.offload_folder, torch.cuda.is_available())
     kwargs.update(_extra_kwargs(args.extra or []))
+    kwargs["trust_remote_code"] = bool(getattr(args, "trust_remote_code", False))
     return AccelerateEngine(str(model_dir), args.served_model_name, kwargs, adapters, args.max_model_len,
                             batching=getattr(args, "batching", "auto"))
 

@@ -10,7 +10,10 @@ Configured by the ``MODELYARD_VLLM`` environment variable (JSON written by ``vll
 - ``/v1/completions``, ``/v1/chat/completions``: the ``modelyard_*`` request, latency, time to
   first token (first body byte / SSE chunk) and token series. Streams ask vLLM for the usage
   chunk and pass it on only when the client asked for it.
+- Fields vLLM would accept and ignore are refused with 400 naming them (``vllm_fields``).
 - ``/metrics``: our registry followed by vLLM's own text (``vllm:*``).
+- ``/health`` on the leader of a multi-node group: 503 while a worker node is gone
+  (``vllm_group.GroupWatch``), else vLLM's own answer.
 - ``/v1/load_lora_adapter``: ``validate_adapter`` first (400 with the reason); the adapter gauge
   follows what vLLM accepted, on load and unload.
 """
@@ -20,6 +23,7 @@ import json
 import os
 import time
 
+from modelyard.runtime.engines import vllm_fields
 from modelyard.runtime.guard import Guard, GuardConfig
 from modelyard.runtime.metrics import CONTENT_TYPE, ServingMetrics
 
@@ -80,8 +84,9 @@ def prepare(raw: bytes) -> tuple[dict | None, bool, bool]:
     return body, True, bool(opts.get("include_usage"))
 
 
-async def _json_error(send, status: int, message: str, code: str) -> None:
-    body = json.dumps({"error": {"message": message, "type": "invalid_request_error", "param": None,
+async def _json_error(send, status: int, message: str, code: str | None, type_: str = "invalid_request_error",
+                      param: str | None = None) -> None:
+    body = json.dumps({"error": {"message": message, "type": type_, "param": param,
                                  "code": code}}).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
@@ -172,6 +177,11 @@ class ModelyardMiddleware:
         if cfg.get("started"):  # the stack is built at server start, right after the engine is ready
             self.metrics.model_load_seconds.set(max(0.0, time.time() - float(cfg["started"])))
         self.guard = Guard(self._route, GuardConfig.from_json(cfg.get("guard")))
+        self.group = None
+        if cfg.get("group_workers"):  # the leader of a multi-node group: /health covers the workers
+            from modelyard.runtime.engines.vllm_group import GroupWatch
+
+            self.group = GroupWatch(tuple(cfg["group_workers"])).start()
         while ON_READY:
             ON_READY.pop()()
 
@@ -189,6 +199,8 @@ class ModelyardMiddleware:
             return await self._generate(scope, receive, send, _ENDPOINTS[path])
         if method == "GET" and path == "/metrics":
             return await self._metrics(scope, receive, send)
+        if path == "/health" and self.group and (problem := self.group.problem()):
+            return await _json_error(send, 503, problem, "group_incomplete", "service_unavailable")
         if method == "POST" and path in ("/v1/load_lora_adapter", "/v1/unload_lora_adapter"):
             return await self._lora(scope, receive, send, load=path.endswith("/load_lora_adapter"))
         return await self.app(scope, receive, send)
@@ -198,6 +210,10 @@ class ModelyardMiddleware:
         if raw is None:
             return
         body, streaming, wants_usage = prepare(raw)
+        refused = vllm_fields.refusal(body, endpoint == "chat_completions") if body else None
+        if refused:
+            self.metrics.request_done(self.label(body.get("model")), endpoint, 400)
+            return await _json_error(send, 400, refused[1], None, param=refused[0])
         if streaming:
             raw = json.dumps(body).encode()
             scope = _with_headers(scope, {b"content-length"}, {b"content-length": str(len(raw)).encode()})

@@ -138,9 +138,15 @@ async def _run_all(request: Request, engine: ServingEngine, jobs: list[Generatio
             t.cancel()  # a cancelled stream() marks its job cancelled: generation stops at the next token
 
 
-async def _merged(engine: ServingEngine, jobs: list[GenerationJob]):
-    """(choice index, event) from every job as they come; the jobs stop when this is closed."""
+async def _merged(engine: ServingEngine, jobs: list[GenerationJob], request: Request | None = None):
+    """(choice index, event) from every job as they come; the jobs stop when this is closed or the
+    client disconnects (noticed even while the jobs wait in the queue and nothing is sent)."""
     queue: asyncio.Queue = asyncio.Queue()
+
+    async def watch() -> None:
+        while not await request.is_disconnected():
+            await asyncio.sleep(DISCONNECT_POLL_S)
+        await queue.put((-1, ClientGone()))
 
     async def pump(i: int, job: GenerationJob) -> None:
         try:
@@ -150,6 +156,8 @@ async def _merged(engine: ServingEngine, jobs: list[GenerationJob]):
             await queue.put((i, exc))
 
     tasks = [asyncio.ensure_future(pump(i, j)) for i, j in enumerate(jobs)]
+    if request is not None:
+        tasks.append(asyncio.ensure_future(watch()))
     try:
         remaining = len(jobs)
         while remaining:
@@ -167,14 +175,15 @@ def _sse(obj) -> str:
     return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n"
 
 
-async def _stream_events(call: _Call, engine, jobs, prompts, chat: bool, rid: str, include_usage: bool):
+async def _stream_events(call: _Call, engine, jobs, prompts, chat: bool, rid: str, include_usage: bool,
+                         request: Request):
     model, code, finishes = call.model, CLIENT_GONE, []
     offsets = [0] * len(jobs)
     try:
         if chat:
             for i in range(len(jobs)):
                 yield _sse(responses.chat_chunk(rid, model, i, {"role": "assistant", "content": ""}))
-        async for i, ev in _merged(engine, jobs):
+        async for i, ev in _merged(engine, jobs, request):
             if isinstance(ev, Finish):
                 finishes.append(ev)
                 yield _sse(responses.chat_chunk(rid, model, i, {}, ev.reason) if chat
@@ -189,6 +198,8 @@ async def _stream_events(call: _Call, engine, jobs, prompts, chat: bool, rid: st
             yield _sse(responses.usage_chunk(rid, model, obj, responses.usage(total.prompt_tokens, total.completion_tokens)))
         yield "data: [DONE]\n\n"
         code = 200
+    except ClientGone:
+        return
     except APIError as exc:
         code = exc.status
         yield _sse(exc.body())
@@ -222,8 +233,8 @@ async def generate(state, request: Request, chat: bool):
         jobs = _jobs(engine, req, prompts, chat, adapter)
         rid = protocol.new_id("chatcmpl" if chat else "cmpl")
         if req.stream:
-            return StreamingResponse(_stream_events(call, engine, jobs, prompts, chat, rid, req.include_usage),
-                                     media_type="text/event-stream")
+            return StreamingResponse(_stream_events(call, engine, jobs, prompts, chat, rid, req.include_usage,
+                                                    request), media_type="text/event-stream")
         results = await _run_all(request, engine, jobs)
     except ClientGone:
         call.done(CLIENT_GONE)
