@@ -5,7 +5,7 @@
                     [--max-model-len N] [--max-memory JSON] [--offload-folder DIR]
                     [--planned-gpu-bytes N] [--nodes N [--pipeline-parallel-size P] [--master-port P]]
                     [--api-key-file F] [--metrics-auth] [--max-request-bytes N] [--max-queued-requests N]
-                    [--trust-remote-code] [-- EXTRA ENGINE ARGS]
+                    [--trust-remote-code] [--batching auto|continuous|static] [-- EXTRA ENGINE ARGS]
 """
 from __future__ import annotations
 
@@ -43,6 +43,9 @@ def register(sub) -> None:
     p.add_argument("--trust-remote-code", action="store_true",
                    help="run Python code shipped with the model (off by default; spec.serving.trustRemoteCode)")
     add_guard_args(p)
+    p.add_argument("--batching", default="auto", choices=("auto", "continuous", "static"),
+                   help="accelerate engine: continuous batching (transformers' scheduler) when it can apply "
+                        "(auto, the default), always (continuous: fail when it cannot) or never (static)")
     p.add_argument("extra", nargs="*", metavar="-- EXTRA", help="engine arguments after --")
     p.set_defaults(func=run)
 

@@ -28,12 +28,18 @@ MODEL_LOAD_SECONDS = "modelyard_model_load_seconds"
 ENGINE_INFO = "modelyard_engine_info"
 # Engine-specific (accelerate): how many requests each generate() call served together.
 BATCH_SIZE = "modelyard_batch_size"
+# Engine-specific (accelerate): which batching serves (continuous or static, and why), per request too.
+BATCHING_INFO = "modelyard_engine_batching_info"
+BATCHING_REQUESTS = "modelyard_batching_requests_total"
+# Engine-specific (accelerate): time between consecutive generated tokens of one request.
+INTER_TOKEN_LATENCY = "modelyard_inter_token_latency_seconds"
 
 ENDPOINTS = ("completions", "chat_completions")
 
 # LLM latencies span milliseconds (a cached first token) to minutes (long generations).
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32)
+ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
@@ -81,8 +87,14 @@ class ServingMetrics:
         self.in_flight = Gauge(REQUESTS_IN_FLIGHT, "Requests being served now", registry=r)
         self.adapter_loaded = Gauge(ADAPTER_LOADED, "1 for each LoRA adapter loaded", ["adapter"], registry=r)
         self.model_load_seconds = Gauge(MODEL_LOAD_SECONDS, "Seconds the model took to load", registry=r)
-        self.batch_size = Histogram(BATCH_SIZE, "Requests served together by one generate() call (accelerate) or one engine step (onnxruntime)",
+        self.batch_size = Histogram(BATCH_SIZE, "Requests served together: per generate() call (accelerate, static batching), "
+                                    "per forward pass (accelerate, continuous batching) or per engine step (onnxruntime)",
                                     ["model"], buckets=BATCH_BUCKETS, registry=r)
+        self.itl = Histogram(INTER_TOKEN_LATENCY, "Time between consecutive generated tokens of a request "
+                             "(accelerate engine)", ["model"], buckets=ITL_BUCKETS, registry=r)
+        self.batching_requests = Counter(_strip_total(BATCHING_REQUESTS),
+                                         "Requests by batching path (accelerate engine); reason: why static",
+                                         ["model", "path", "reason"], registry=r)
         Info(ENGINE_INFO[: -len("_info")], "Serving engine and model", registry=r).info(
             {"engine": engine, "model": model})
         if planned_gpu_bytes is not None:
@@ -101,6 +113,21 @@ class ServingMetrics:
 
     def first_token(self, model: str, seconds: float) -> None:
         self.ttft.labels(model=model).observe(seconds)
+
+    def inter_token(self, model: str, token_times: list[float]) -> None:
+        """One observation per gap between consecutive token times (``time.perf_counter()``)."""
+        series = self.itl.labels(model=model)
+        for a, b in zip(token_times, token_times[1:]):
+            series.observe(b - a)
+
+    def batching_mode(self, mode: str, reason: str = "") -> None:
+        """Once, when an engine that batches (accelerate) has loaded its model."""
+        Info(BATCHING_INFO[: -len("_info")], "How the engine batches requests (continuous or static); "
+             "reason: why continuous batching does not apply", registry=self.registry).info(
+            {"mode": mode, "reason": reason})
+
+    def batching_request(self, model: str, path: str, reason: str = "") -> None:
+        self.batching_requests.labels(model=model, path=path, reason=reason).inc()
 
     def adapter_added(self, name: str) -> None:
         self.adapter_loaded.labels(adapter=name).set(1)

@@ -17,6 +17,8 @@ CONTRACT = {
     "modelyard_planned_gpu_memory_bytes", "modelyard_adapter_loaded", "modelyard_model_load_seconds",
     "modelyard_engine_info",
     "modelyard_batch_size",  # accelerate only
+    "modelyard_engine_batching_info", "modelyard_batching_requests_total",  # accelerate only
+    "modelyard_inter_token_latency_seconds",  # accelerate only
 }
 
 

@@ -28,6 +28,15 @@ def server(base):
     s.stop()
 
 
+@pytest.fixture(scope="module")
+def static_server(base):
+    """Static batching (--batching static): requests queued behind a running one share one generate()."""
+    s = Server(["--engine", "accelerate", "--model", str(base), "--served-model-name", "tiny", "--batching", "static"],
+               base.parent / "serve-static.log")
+    yield s.wait_healthy()
+    s.stop()
+
+
 async def _stream_one(client: httpx.AsyncClient, i: int) -> dict:
     body = {"model": "tiny", "messages": [{"role": "user", "content": f"Hello {i}"}], "max_tokens": 4 + i % 5,
             "temperature": 0.8, "seed": i, "stream": True, "stream_options": {"include_usage": True}}
@@ -91,7 +100,8 @@ async def _batched_while_busy(url: str) -> list[dict]:
     return [r.json() for r in results]
 
 
-def test_queued_plain_requests_are_batched_and_answer_like_alone(server):
+def test_queued_plain_requests_are_batched_and_answer_like_alone(static_server):
+    server = static_server
     before = scrape(server.url)
     batched = asyncio.run(_batched_while_busy(server.url))
     after = scrape(server.url)

@@ -126,7 +126,7 @@ class AccelerateEngine:
     engine_name = "accelerate"
 
     def __init__(self, model_dir: str, served_model_name: str, kwargs: dict,
-                 adapters: dict[str, str], max_model_len: int | None = None):
+                 adapters: dict[str, str], max_model_len: int | None = None, batching: str = "auto"):
         self.model_dir, self.served_model_name, self.kwargs = model_dir, served_model_name, kwargs
         self.initial_adapters, self.requested_len = adapters, max_model_len
         self.max_model_len = max_model_len or 0
@@ -134,7 +134,11 @@ class AccelerateEngine:
         self._adapters: dict[str, str] = {}
         self.on_batch: Callable[[int], None] = lambda size: None
         self.on_abandoned: Callable[[str, int, int], None] = lambda model, prompt, generated: None
+        self.on_token_times: Callable[[str, list[float]], None] = lambda model, times: None
         self._work = WorkQueue()
+        # continuous batching (accelerate_cb) when it can apply; the mode and why are exported as a metric
+        self.batching_requested, self.batching, self.batching_reason = batching, "static", "not loaded"
+        self._cb = None
         threading.Thread(target=self._serve_work, name="generate", daemon=True).start()
 
     # -- loading ---------------------------------------------------------------------------
@@ -148,6 +152,9 @@ class AccelerateEngine:
         self.max_model_len = _context_length(self.model.config, self.tokenizer, self.requested_len)
         for name, path in self.initial_adapters.items():
             self._load_adapter(name, path)
+        from modelyard.runtime.engines import accelerate_cb
+
+        self._cb, self.batching, self.batching_reason = accelerate_cb.start(self, self.batching_requested)
 
     def _base(self):
         return self.model.get_base_model() if self._adapters else self.model
@@ -174,6 +181,12 @@ class AccelerateEngine:
         return list(self._adapters)
 
     async def _call(self, fn, *args):
+        if self._cb is not None:  # with the continuous-batching manager paused
+            async with self._cb.paused():
+                return await self._queue_call(fn, *args)
+        return await self._queue_call(fn, *args)
+
+    async def _queue_call(self, fn, *args):
         loop = asyncio.get_running_loop()
         done = loop.create_future()
         self._work.put(Work(loop=loop, done=done, fn=fn, args=args))
@@ -276,6 +289,7 @@ class AccelerateEngine:
         eos, width = self._eos_ids(), len(ids[0])
         for row, w in enumerate(batch):
             w.streamer.first_token_at = first.at
+            w.streamer.token_times = first.times
             w.streamer.take_all(trim(out[row, width:].tolist(), w.job.max_tokens, eos))
 
     def _pad_id(self) -> int:
@@ -291,7 +305,10 @@ class AccelerateEngine:
         eos = self._base().generation_config.eos_token_id
         return set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id}
 
-    async def stream(self, job: GenerationJob):
+    def stream(self, job: GenerationJob):
+        return self._cb.stream(job) if self._cb is not None else self._stream_static(job)
+
+    async def _stream_static(self, job: GenerationJob):
         from modelyard.runtime.engines import accelerate_sampling
         from modelyard.runtime.engines.accelerate_stream import END, QueueStreamer
 
@@ -308,6 +325,7 @@ class AccelerateEngine:
         finally:
             streamer.cancelled = True
         n = len(streamer.ids)
+        self.on_token_times(job.adapter or self.served_model_name, streamer.token_times[:n])
         reason = "stop" if streamer.stopped or (n and streamer.ids[-1] in self._eos_ids()) else (
             "length" if n >= job.max_tokens else "stop")
         yield Finish(reason=reason, prompt_tokens=len(job.prompt_ids), completion_tokens=n,
@@ -332,7 +350,8 @@ def build(args) -> AccelerateEngine:
                          args.offload_folder, torch.cuda.is_available())
     kwargs.update(_extra_kwargs(args.extra or []))
     kwargs["trust_remote_code"] = bool(getattr(args, "trust_remote_code", False))
-    return AccelerateEngine(str(model_dir), args.served_model_name, kwargs, adapters, args.max_model_len)
+    return AccelerateEngine(str(model_dir), args.served_model_name, kwargs, adapters, args.max_model_len,
+                            batching=getattr(args, "batching", "auto"))
 
 
 def serve(args) -> int:
@@ -347,9 +366,13 @@ def serve(args) -> int:
     metrics = ServingMetrics("accelerate", args.served_model_name, planned_gpu_bytes=args.planned_gpu_bytes)
     engine.on_batch = metrics.batch_size.labels(model=args.served_model_name).observe
     engine.on_abandoned = metrics.tokens
+    engine.on_token_times = metrics.inter_token
 
     def load() -> None:
         engine.load()
+        metrics.batching_mode(engine.batching, engine.batching_reason)
+        if engine._cb is not None:
+            engine._cb.on_path = metrics.batching_request
         for name in engine.adapters():
             metrics.adapter_added(name)
 

@@ -70,12 +70,14 @@ class FirstToken:
 
     def __init__(self):
         self.at: float | None = None
+        self.times: list[float] = []  # when each step's tokens came out (the same for every row)
         self._calls = 0
 
     def put(self, value) -> None:
         self._calls += 1
-        if self._calls == 2 and self.at is None:  # the first put is the prompt
-            self.at = time.perf_counter()
+        if self._calls >= 2:  # the first put is the prompt
+            self.times.append(time.perf_counter())
+            self.at = self.at or self.times[0]
 
     def end(self) -> None:
         pass

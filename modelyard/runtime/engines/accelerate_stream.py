@@ -28,14 +28,16 @@ class QueueStreamer(BaseStreamer):
         self.stopped = False               # a stop string matched
         self.cancelled = False             # the consumer went away
         self.first_token_at: float | None = None
+        self.token_times: list[float] = []  # perf_counter() of each generated token (inter-token latency)
         self._prompt_seen = False
 
     def put(self, value) -> None:
         if not self._prompt_seen:          # generate() first puts the prompt
             self._prompt_seen = True
             return
+        self.token_times.append(time.perf_counter())
         if self.first_token_at is None:
-            self.first_token_at = time.perf_counter()
+            self.first_token_at = self.token_times[0]
         new = [int(x) for x in value.reshape(-1).tolist()]
         self.ids.extend(new)
         if self.recorder is not None and not self.stopped:

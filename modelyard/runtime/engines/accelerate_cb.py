@@ -1,0 +1,333 @@
+"""Continuous batching for the accelerate engine with transformers' own scheduler
+(``model.init_continuous_batching()``: paged attention, the manager ``transformers serve
+--continuous-batching`` uses).
+
+What the library does per request, and what this module adds around it:
+
+- ``max_new_tokens`` and end-of-sequence ids: the library's, per request.
+- temperature / top_p: the library's per-request logits processors
+  (``ContinuousBatchingConfig(per_request_processors=True)``). Sampling on/off is one switch for
+  the whole manager, so the manager always samples and a greedy request asks for ``top_k=1``
+  (only the argmax survives: the same token greedy decoding picks).
+- stop strings: checked here on the decoded text as tokens stream out; on a match the request is
+  cancelled in the manager (``cancel_request``) so it stops using the batch.
+- cancellation on disconnect: the same ``cancel_request`` when the consumer goes away.
+- LoRA adapters: every request in a forward pass sees the same weights, so requests are *grouped
+  per adapter* (``accelerate_admit.Admission``): one adapter's requests batch together; a request
+  for another adapter waits until the running group drains, then its group runs.
+- anything else a request asks for that the manager cannot honour (a seed for sampled output —
+  the manager has one random generator for all requests — and any GenerationJob field this module
+  does not know, such as logprobs or penalties) runs on the static path: once the manager is idle
+  (nothing admitted, nothing scheduled) the model's own attention is switched back and the
+  engine's own ``generate`` serves it.
+
+Where continuous batching cannot apply to the model at all (weights split over devices by
+``device_map`` — CPU/disk offload —, no ``init_continuous_batching``, or a probe request failing,
+e.g. a quantization the paged kernels refuse), ``start`` returns None and a reason: the engine
+keeps its static batching and says so in its log and in ``modelyard_engine_batching_info``.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import itertools
+import sys
+import time
+
+from modelyard.runtime.engines.accelerate_admit import STATIC, Admission
+from modelyard.runtime.engines.accelerate_stream import QueueStreamer
+from modelyard.runtime.server.engine import Delta, Finish, GenerationJob
+
+CONTINUOUS, STATIC_MODE = "continuous", "static"
+MODES = ("auto", CONTINUOUS, STATIC_MODE)
+# GenerationJob fields the manager serves; a job setting any other field to a non-default value
+# goes to the static path (so features added to GenerationJob later stay correct by construction).
+SERVED_FIELDS = {"prompt_ids", "max_tokens", "adapter", "temperature", "top_p", "stop", "seed", "stream"}
+CPU_KV_CACHE_BYTES = 256 << 20      # paged KV cache on CPU (the library's default would take 80% of RAM)
+CPU_MAX_BATCH_TOKENS = 1024
+
+
+class BatchingConfigError(ValueError):
+    """--batching continuous was asked for but cannot apply; the message says why."""
+
+
+def unsupported_reason(model) -> str | None:
+    """Why transformers' continuous batching cannot serve this loaded model, or None."""
+    if not hasattr(model, "init_continuous_batching"):
+        return f"{type(model).__name__} has no continuous batching in transformers"
+    placed = {str(d) for d in (getattr(model, "hf_device_map", None) or {}).values()}
+    if len(placed) > 1:
+        return (f"weights are split over {sorted(placed)} by device_map (offload); the paged KV cache "
+                f"needs the whole model on one device")
+    return None
+
+
+def static_reason(job: GenerationJob) -> str | None:
+    """Why this request must run on the static path, or None."""
+    if job.seed is not None and job.temperature > 0:
+        return "seed"
+    for f in dataclasses.fields(job):
+        if f.name in SERVED_FIELDS:
+            continue
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if getattr(job, f.name) != default:
+            return f.name
+    return None
+
+
+def cb_config(model):
+    """The manager's sizing: the library's own on GPU; on CPU a bounded paged cache."""
+    from transformers import ContinuousBatchingConfig
+
+    if model.device.type != "cpu":
+        return ContinuousBatchingConfig(per_request_processors=True, use_async_batching=False)
+    cfg = model.config.get_text_config()
+    heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    per_token = 2 * cfg.num_hidden_layers * heads * head_dim * model.dtype.itemsize
+    block = 32
+    return ContinuousBatchingConfig(per_request_processors=True, use_async_batching=False, block_size=block,
+                                    num_blocks=max(16, CPU_KV_CACHE_BYTES // (per_token * block)),
+                                    max_batch_tokens=CPU_MAX_BATCH_TOKENS)
+
+
+def _generation_config(model, eos: list[int]):
+    import copy
+
+    gen = copy.deepcopy(model.generation_config)
+    # non-default values so the library creates the per-request processors; every request sets its own
+    gen.do_sample, gen.temperature, gen.top_k, gen.top_p = True, 0.7, 50, 0.9
+    gen.eos_token_id = eos
+    return gen
+
+
+def sampling_kwargs(job: GenerationJob, vocab: int) -> dict:
+    if job.temperature == 0:
+        return {"temperature": 1.0, "top_k": 1, "top_p": 1.0}
+    return {"temperature": float(job.temperature), "top_k": int(vocab), "top_p": float(job.top_p)}
+
+
+def greedy_fast_path(manager) -> bool:
+    """When every row of a forward pass is greedy (top_k=1), skip the sampling processors' sorts and
+    keep only each row's argmax (what top_k=1 keeps). Not while a CUDA graph is being captured:
+    a graph replays the full per-request path, which gives the same tokens."""
+    from transformers.generation.continuous_batching import cb_logits_processors as cbl
+
+    lp = manager.logit_processor
+    rows = [p for p in lp.logits_processor if isinstance(p, cbl.ContinuousBatchingLogitsProcessor)]
+    top_k = [i for i, p in enumerate(rows) if isinstance(p, cbl.ContinuousBatchingTopKLogitsWarper)]
+    if type(lp) is not cbl.ContinuousBatchingLogitsProcessorList or len(rows) != len(lp.logits_processor) or not top_k:
+        return False
+    lp.__class__ = type("GreedyAwareLogitsProcessorList", (type(lp),), {"__call__": _greedy_aware_call})
+    lp.top_k_row = top_k[0]
+    return True
+
+
+def _greedy_aware_call(self, input_ids, scores, args):
+    import torch
+
+    if not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()):
+        if bool((args[self.top_k_row, : scores.size(0)] == 1).all()):
+            return scores.masked_fill(scores < scores.amax(dim=-1, keepdim=True), float("-inf"))
+    return type(self).__mro__[1].__call__(self, input_ids, scores, args)
+
+
+class _Text(QueueStreamer):
+    """The engine's stop-string and UTF-8-safe text logic, fed token ids by this module."""
+
+    def __init__(self, tokenizer, stop: list[str]):
+        super().__init__(tokenizer, None, None, stop)
+        self.pieces: list[str] = []
+
+    def _push(self, item) -> None:
+        text = item[0] if isinstance(item, tuple) else item  # (text, logprob entries) or END
+        if isinstance(text, str):
+            self.pieces.append(text)
+
+    def feed(self, ids: list[int]) -> None:
+        self.ids.extend(ids)
+        self._emit(final=False)
+
+    def drain(self) -> list[str]:
+        out, self.pieces = self.pieces, []
+        return out
+
+
+class ContinuousBatcher:
+    """One ``ContinuousBatchingManager`` over the engine's model, and the engine's static path."""
+
+    def __init__(self, engine, manager):
+        self.engine, self.manager = engine, manager
+        head = engine._base().get_output_embeddings()  # top_k for "no top-k": the logits' width
+        self.vocab = getattr(head, "out_features", None) or engine._base().config.get_text_config().vocab_size
+        self.eos = eos_ids(engine)
+        self.admission = Admission(self._switch)
+        self.on_path = lambda model, path, reason: None
+        self._ids = itertools.count()
+        self._select(self.admission.current)  # the base model: adapters loaded before start are off
+        self._count_batches(manager.batch_processor.scheduler)
+
+    def _count_batches(self, scheduler) -> None:
+        """``modelyard_batch_size`` under continuous batching: requests in each scheduled forward pass."""
+        schedule = scheduler.schedule_batch
+
+        def counted(*args, **kwargs):
+            out = schedule(*args, **kwargs)
+            if out[0]:
+                self.engine.on_batch(len(out[0]))
+            return out
+        scheduler.schedule_batch = counted
+
+    # -- the model's state per group ----------------------------------------------------------
+    def _switch(self, old, new) -> None:
+        self._wait_idle()
+        m = self.manager
+        if new is STATIC:  # give the model back as loaded: its own attention, adapter layers on
+            if m._original_attn_impl is not None:
+                m.model.set_attn_implementation(m._original_attn_impl)
+            if self.engine._adapters:
+                self.engine.model.base_model.enable_adapter_layers()
+            return
+        if old is STATIC:
+            m.switch_to_cb_friendly_attn(m.model)
+        self._select(new)
+
+    def _wait_idle(self, timeout: float = 120) -> None:
+        """Until the manager has nothing queued or scheduled: then its thread runs no forward pass
+        (a request leaves the scheduler only after its last forward). Nothing is admitted meanwhile;
+        this waits at most for a cancelled request's last step."""
+        m, deadline = self.manager, time.monotonic() + timeout
+        while (not m.input_queue.empty() or not m.cancel_queue.empty()
+               or m.batch_processor.scheduler.has_pending_requests()):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the continuous-batching manager did not go idle")
+            time.sleep(0.001)
+
+    def _select(self, adapter: str | None) -> None:
+        if not self.engine._adapters:
+            return
+        tuner = self.engine.model.base_model
+        if adapter is None or adapter not in self.engine._adapters:  # (an unloaded one: its requests get 404)
+            tuner.disable_adapter_layers()
+        else:
+            tuner.enable_adapter_layers()
+            self.engine.model.set_adapter(adapter)
+
+    @contextlib.asynccontextmanager
+    async def paused(self):
+        async with self.admission.slot(STATIC):
+            yield
+
+    def close(self) -> None:
+        self.manager.stop(block=True, timeout=10)
+
+    # -- requests -----------------------------------------------------------------------------
+    def stream(self, job: GenerationJob):
+        reason = static_reason(job)
+        self.on_path(job.adapter or self.engine.served_model_name, STATIC_MODE if reason else CONTINUOUS, reason or "")
+        return self._static(job) if reason else self._continuous(job)
+
+    async def _static(self, job: GenerationJob):
+        async with self.admission.slot(STATIC):
+            async for ev in self.engine._stream_static(job):
+                yield ev
+
+    async def _continuous(self, job: GenerationJob):
+        if job.adapter is not None and job.adapter not in self.engine._adapters:
+            self.engine._adapter_context(job.adapter)  # raises the 404 the static path gives
+        async with self.admission.slot(job.adapter):
+            if job.adapter is not None and job.adapter not in self.engine._adapters:
+                self.engine._adapter_context(job.adapter)  # unloaded while this request waited: 404
+            text, first, times = _Text(self.engine.tokenizer, job.stop), None, []
+            outputs: asyncio.Queue = asyncio.Queue()
+            rid, watch = f"my-{next(self._ids)}", bool(job.stop)
+            self.manager.register_result_handler(rid, outputs.put_nowait)
+            self.manager.add_request(job.prompt_ids, request_id=rid, max_new_tokens=job.max_tokens,
+                                     streaming=job.stream or watch, record_timestamps=True, eos_token_id=self.eos,
+                                     **sampling_kwargs(job, self.vocab))
+            finished = False
+            try:
+                while not finished:
+                    out = await outputs.get()
+                    if out.error is not None:
+                        raise RuntimeError(f"continuous batching failed: {out.error}")
+                    ids = list(out.generated_tokens)
+                    times = out.timestamps or times
+                    if first is None and ids:
+                        first = times[0] if times else time.perf_counter()
+                    if out.is_finished() and not watch:
+                        text.take_all(ids)
+                    else:
+                        text.feed(ids[len(text.ids):])
+                    finished = out.is_finished() or text.stopped
+                    for piece in text.drain():
+                        yield Delta(piece)
+            finally:
+                if not finished:  # the consumer went away (or failed): free the batch slot now
+                    self._cancel(rid)
+                    self.engine.on_abandoned(job.adapter or self.engine.served_model_name,
+                                             len(job.prompt_ids), len(text.ids))
+            if text.stopped:
+                self._cancel(rid)
+            text.finish()
+            for piece in text.drain():
+                yield Delta(piece)
+        self.engine.on_token_times(job.adapter or self.engine.served_model_name, times[:len(text.ids)])
+        yield self._finish(job, text, first)
+
+    def _cancel(self, rid: str) -> None:
+        self.manager.cancel_request(rid)
+        with self.manager.output_router._lock:
+            self.manager.output_router.result_handlers.pop(rid, None)
+
+    def _finish(self, job: GenerationJob, text: _Text, first: float | None) -> Finish:
+        n = len(text.ids)
+        reason = "stop" if text.stopped or (n and text.ids[-1] in self.eos) else (
+            "length" if n >= job.max_tokens else "stop")
+        return Finish(reason=reason, prompt_tokens=len(job.prompt_ids), completion_tokens=n, first_token_at=first)
+
+
+def eos_ids(engine) -> list[int]:
+    return sorted(i for i in engine._eos_ids() if i is not None)
+
+
+def _probe(manager, prompt: list[int], timeout: float = 120) -> str | None:
+    """One two-token request through the manager: None when it works, else what went wrong."""
+    manager.add_request(prompt, request_id="modelyard-probe", max_new_tokens=2,
+                        temperature=1.0, top_k=1, top_p=1.0)
+    out = manager.get_result(request_id="modelyard-probe", timeout=timeout)
+    if out is None:
+        return "a probe request got no answer from the manager"
+    return out.error
+
+
+def start(engine, mode: str) -> tuple[ContinuousBatcher | None, str, str]:
+    """(batcher or None, mode, reason). ``mode``: auto | continuous | static."""
+    if mode == STATIC_MODE:
+        return None, STATIC_MODE, "--batching static"
+    model = engine._base()
+    reason = unsupported_reason(model)
+    batcher = None
+    if reason is None:
+        try:
+            manager = model.init_continuous_batching(generation_config=_generation_config(model, eos_ids(engine)),
+                                                     continuous_batching_config=cb_config(model))
+            greedy_fast_path(manager)
+            manager.start()
+            reason = _probe(manager, engine.encode_prompt("Hello") or [0])
+            if reason is None:
+                batcher = ContinuousBatcher(engine, manager)
+            else:
+                manager.stop(block=True, timeout=10)
+        except Exception as exc:  # an architecture or quantization the library refuses
+            reason = f"transformers refused continuous batching: {exc}"
+    if batcher is None and mode == CONTINUOUS:
+        raise BatchingConfigError(f"--batching continuous cannot apply: {reason}; use --batching auto or static")
+    if batcher is None:
+        print(f"modelyard serve: accelerate engine batching: static (continuous batching cannot apply: {reason})",
+              file=sys.stderr, flush=True)
+        return None, STATIC_MODE, reason
+    print("modelyard serve: accelerate engine batching: continuous (transformers' paged-attention scheduler)",
+          file=sys.stderr, flush=True)
+    return batcher, CONTINUOUS, ""

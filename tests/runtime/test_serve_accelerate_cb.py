@@ -1,0 +1,255 @@
+"""Continuous batching in the accelerate engine (transformers' paged-attention scheduler): outputs
+under concurrency equal the same requests served one at a time, streams with different lengths,
+stop strings and adapters share the batch, and a model that cannot use it (CPU/disk offload)
+falls back to static batching and says so in /metrics.
+
+The tiny model has varied weights (initializer_range 0.15, a non-default rope theta): with the
+default init greedy decoding repeats one token and equal outputs would prove nothing."""
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import pytest
+
+from modelyard.runtime.tiny import make_tiny_llama
+from tests.runtime.accelerate_helpers import Server, make_adapter, sample, scrape
+
+PROMPTS = ["Hello", "The quick brown fox", "Tensor parallel shards", "modelyard deploys", "A model that",
+           "I am fine, thank you", "The operator downloads", "How are you today?"]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cb")
+    base = make_tiny_llama(root / "tiny", initializer_range=0.15, rope_theta=1234.0)
+    return {"root": root, "base": base, "sql": make_adapter(base, root / "sql", seed=1),
+            "chat": make_adapter(base, root / "chat", seed=2)}
+
+
+def _engine(base, batching: str, adapters: dict | None = None, **kwargs):
+    import torch
+
+    from modelyard.runtime.engines.accelerate import AccelerateEngine
+
+    engine = AccelerateEngine(str(base), "tiny", kwargs or {"dtype": torch.float32, "device_map": "cpu"},
+                              adapters=adapters or {}, batching=batching)
+    engine.load()
+    return engine
+
+
+async def _run(engine, prompt: str, **job) -> tuple[str, object]:
+    from modelyard.runtime.server.engine import Delta, GenerationJob
+
+    job = GenerationJob(prompt_ids=engine.encode_prompt(prompt), **{"max_tokens": 12, "temperature": 0, **job})
+    parts, finish = [], None
+    async for ev in engine.stream(job):
+        if isinstance(ev, Delta):
+            parts.append(ev.text)
+        else:
+            finish = ev
+    return "".join(parts), finish
+
+
+def _mix(i: int) -> dict:
+    return {"max_tokens": 5 + 3 * (i % 6), "stream": i % 2 == 0}
+
+
+def test_greedy_under_continuous_batching_equals_one_at_a_time(files):
+    cb = _engine(files["base"], "auto")
+    static = _engine(files["base"], "static")
+    assert (cb.batching, static.batching) == ("continuous", "static")
+    jobs = [(PROMPTS[i % len(PROMPTS)], _mix(i)) for i in range(16)]
+    alone = [asyncio.run(_run(cb, p, **kw)) for p, kw in jobs]
+    steps = cb._cb.manager.current_batch
+
+    async def together():
+        return await asyncio.gather(*(_run(cb, p, **kw) for p, kw in jobs))
+
+    batched = asyncio.run(together())
+    steps = cb._cb.manager.current_batch - steps
+    generated = sum(f.completion_tokens for _, f in batched)
+    assert steps < generated / 3, (steps, generated)  # the 16 requests really shared forward passes
+    for (prompt, kw), (text, fin), (text1, fin1) in zip(jobs, batched, alone):
+        assert (text, fin.completion_tokens, fin.reason) == (text1, fin1.completion_tokens, fin1.reason), prompt
+        assert fin.first_token_at is not None
+    # ...and what model.generate answers one at a time (the static path)
+    for (prompt, kw), (text, fin) in zip(jobs, batched):
+        assert asyncio.run(_run(static, prompt, **kw))[0] == text, prompt
+    assert len({t for t, _ in batched}) >= 8 and all(len(set(t)) > 3 for t, _ in batched)  # not one repeated token
+
+    async def mixed():  # greedy rows next to sampled rows (the full per-request sampling path)
+        return await asyncio.gather(*(_run(cb, p, **kw, **({"temperature": 0.9} if i % 2 else {}))
+                                      for i, (p, kw) in enumerate(jobs)))
+
+    assert [t for t, _ in asyncio.run(mixed())][::2] == [t for t, _ in batched][::2]
+    cb._cb.close()
+
+
+def test_forced_offload_falls_back_to_static_batching(files, tmp_path):
+    from modelyard.runtime.engines.accelerate import load_kwargs
+
+    weights = (files["base"] / "model.safetensors").stat().st_size
+    kwargs = load_kwargs(str(files["base"]), "float32", 0, {"cpu": weights // 2}, str(tmp_path / "off"),
+                         cuda_available=False)
+    engine = _engine(files["base"], "auto", **kwargs)
+    assert "disk" in set(engine.model.hf_device_map.values())
+    assert engine.batching == "static" and "offload" in engine.batching_reason and engine._cb is None
+    text, finish = asyncio.run(_run(engine, "Hello"))
+    assert finish.completion_tokens == 12 and text
+    from modelyard.runtime.engines.accelerate_cb import BatchingConfigError
+
+    with pytest.raises(BatchingConfigError, match="--batching continuous cannot apply: weights are split"):
+        _engine(files["base"], "continuous", **kwargs)
+
+
+# -- through a real server ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def server(files):
+    s = Server(["--engine", "accelerate", "--model", str(files["base"]), "--served-model-name", "tiny",
+                "--adapter", f"sql={files['sql']}", "--adapter", f"chat={files['chat']}", "--precision", "float32"],
+               files["root"] / "serve.log")
+    yield s.wait_healthy()
+    s.stop()
+
+
+def _request(i: int, stops: dict[int, str]) -> dict:
+    body = {"model": ("tiny", "sql", "chat")[i % 3], "prompt": PROMPTS[i % len(PROMPTS)],
+            "max_tokens": 4 + 2 * (i % 7), "temperature": 0, "stream": True}
+    if i in stops:
+        body["stop"] = [stops[i]]
+    return body
+
+
+async def _stream(client: httpx.AsyncClient, body: dict) -> dict:
+    text, reason, done = "", None, False
+    async with client.stream("POST", "/v1/completions", json={**body, "stream_options": {"include_usage": True}}) as r:
+        assert r.status_code == 200, await r.aread()
+        usage = None
+        async for line in r.aiter_lines():
+            if line == "data: [DONE]":
+                done = True
+            elif line.startswith("data: "):
+                event = json.loads(line[6:])
+                usage = event.get("usage") or usage
+                for choice in event["choices"]:
+                    text += choice["text"]
+                    reason = choice["finish_reason"] or reason
+    return {"text": text, "reason": reason, "done": done, "usage": usage}
+
+
+def test_16_concurrent_streams_with_lengths_stops_and_adapters_match_alone(server):
+    async def alone(bodies):
+        async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
+            return [await _stream(client, b) for b in bodies]
+
+    async def together(bodies):
+        async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
+            return await asyncio.gather(*(_stream(client, b) for b in bodies))
+
+    plain = asyncio.run(alone([_request(i, {}) for i in range(16)]))
+    # stop strings cut inside what each request generates alone
+    stops = {i: plain[i]["text"][2:4] for i in range(0, 16, 3) if len(plain[i]["text"].strip()) > 4}
+    bodies = [_request(i, stops) for i in range(16)]
+    expected = asyncio.run(alone(bodies))
+    assert len({b["model"] for b in bodies}) == 3 and stops
+    assert len({r["text"] for r in plain}) >= 12  # the adapters and prompts really change the output
+    before = scrape(server.url)
+    got = asyncio.run(together(bodies))
+    after = scrape(server.url)
+    for i, (g, e) in enumerate(zip(got, expected)):
+        assert g["done"] and (g["text"], g["reason"], g["usage"]) == (e["text"], e["reason"], e["usage"]), (i, bodies[i])
+        if i in stops:
+            assert g["reason"] == "stop" and stops[i] not in g["text"]
+
+    def delta(name, **labels):
+        return sample(after, name, **labels) - sample(before, name, **labels)
+
+    for model in ("tiny", "sql", "chat"):
+        n = sum(b["model"] == model for b in bodies)
+        assert delta("modelyard_batching_requests_total", model=model, path="continuous", reason="") == n
+        assert delta("modelyard_time_to_first_token_seconds_count", model=model) == n
+        gaps = sum(g["usage"]["completion_tokens"] - 1 for g, b in zip(got, bodies) if b["model"] == model)
+        assert delta("modelyard_inter_token_latency_seconds_count", model=model) == gaps
+        # first tokens and token gaps come from the generation itself, so they fit in each request's time
+        assert delta("modelyard_time_to_first_token_seconds_sum", model=model) + \
+            delta("modelyard_inter_token_latency_seconds_sum", model=model) <= \
+            delta("modelyard_request_duration_seconds_sum", model=model, endpoint="completions")
+    assert sample(after, "modelyard_engine_batching_info", mode="continuous", reason="") == 1
+
+
+def test_a_seeded_sampled_request_takes_the_static_path_and_is_reproducible(server):
+    body = {"model": "tiny", "prompt": "Hello", "max_tokens": 8, "temperature": 0.9, "seed": 7}
+    before = scrape(server.url)
+    first = httpx.post(f"{server.url}/v1/completions", json=body, timeout=60).json()
+    second = httpx.post(f"{server.url}/v1/completions", json=body, timeout=60).json()
+    after = scrape(server.url)
+    assert first["choices"][0]["text"] == second["choices"][0]["text"]
+    key = dict(model="tiny", path="static", reason="seed")
+    assert sample(after, "modelyard_batching_requests_total", **key) - sample(before, "modelyard_batching_requests_total", **key) == 2
+
+
+@pytest.fixture(scope="module")
+def offloaded(files):
+    weights = (files["base"] / "model.safetensors").stat().st_size
+    s = Server(["--engine", "accelerate", "--model", str(files["base"]), "--served-model-name", "tiny",
+                "--max-memory", json.dumps({"cpu": weights // 2}), "--offload-folder", str(files["root"] / "off")],
+               files["root"] / "serve-offload.log")
+    yield s.wait_healthy()
+    s.stop()
+
+
+def test_an_offloaded_server_says_static_in_its_metrics_and_log(offloaded):
+    r = httpx.post(f"{offloaded.url}/v1/completions", timeout=60,
+                   json={"model": "tiny", "prompt": "Hello", "max_tokens": 4, "stream": True})
+    assert r.status_code == 200
+    metrics = scrape(offloaded.url)
+    info = [labels for (name, labels) in metrics if name == "modelyard_engine_batching_info"]
+    assert len(info) == 1 and dict(info[0])["mode"] == "static" and "offload" in dict(info[0])["reason"], info
+    log = offloaded.log.read_text()
+    assert log.count("accelerate engine batching: static (continuous batching cannot apply: weights are split") == 1
+
+
+def test_adapter_unload_and_load_while_streams_run(server, files):
+    """Adapter admin pauses the manager between forward passes; running streams finish unharmed."""
+    bodies = [{**_request(i, {}), "max_tokens": 150} for i in range(6)]  # long enough to be running
+
+    async def alone():
+        async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
+            return [await _stream(client, b) for b in bodies]
+
+    async def with_admin():
+        async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
+            streams = [asyncio.create_task(_stream(client, b)) for b in bodies]
+            for _ in range(600):  # every stream has reached the engine before the admin calls
+                metrics = await asyncio.to_thread(scrape, server.url)
+                if sample(metrics, "modelyard_requests_in_flight") >= len(bodies):
+                    break
+                await asyncio.sleep(0.02)
+            assert sample(metrics, "modelyard_requests_in_flight") >= len(bodies), "streams ended before the admin calls"
+            out = await client.post("/v1/unload_lora_adapter", json={"lora_name": "chat"})
+            back = await client.post("/v1/load_lora_adapter", json={"lora_name": "chat", "lora_path": str(files["chat"])})
+            return await asyncio.gather(*streams), out.status_code, back.status_code
+
+    expected = asyncio.run(alone())
+    got, out, back = asyncio.run(with_admin())
+    assert (out, back) == (200, 200)
+    assert [(g["text"], g["usage"]) for g in got] == [(e["text"], e["usage"]) for e in expected]
+    assert asyncio.run(alone()) == expected  # the reloaded adapter answers as before
+
+
+def test_logprobs_and_penalties_take_the_static_path_and_still_answer(server):
+    before = scrape(server.url)
+    chat = {"model": "tiny", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4, "temperature": 0}
+    r = httpx.post(f"{server.url}/v1/chat/completions", timeout=60, json={**chat, "logprobs": True, "top_logprobs": 2})
+    assert r.status_code == 200, r.text
+    entries = r.json()["choices"][0]["logprobs"]["content"]
+    assert len(entries) == r.json()["usage"]["completion_tokens"] and len(entries[0]["top_logprobs"]) == 2
+    r = httpx.post(f"{server.url}/v1/chat/completions", timeout=60, json={**chat, "presence_penalty": 1.5})
+    assert r.status_code == 200, r.text
+    after = scrape(server.url)
+    for reason in ("logprobs", "presence_penalty"):
+        key = dict(model="tiny", path="static", reason=reason)
+        assert sample(after, "modelyard_batching_requests_total", **key) - \
+            sample(before, "modelyard_batching_requests_total", **key) == 1, reason
