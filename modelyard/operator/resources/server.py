@@ -16,6 +16,7 @@ from modelyard.operator.resources.common import (
     pod_security,
     scratch_volumes,
     selector,
+    serve_image_key,
 )
 from modelyard.operator.resources.download import adapter_dir
 
@@ -92,7 +93,7 @@ def build_deployment(model: Model, settings: Settings, plan: dict, model_dir: st
         resources["requests"][spec.gpu_resource] = str(spec.gpus)
     container = {
         "name": "server",
-        "image": settings.images["serveVllm" if engine == "vllm" else "serveAccelerate"],
+        "image": settings.images[serve_image_key(engine)],
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["modelyard"],
         "args": serve_args(model, plan, model_dir),
