@@ -118,10 +118,23 @@ push() {
   for name in $(selected "$@"); do echo "== push $(ref "$name")"; "$B" push "$(ref "$name")"; done
 }
 
+matrix() {  # [{"name", "family", "platforms"}]: vLLM's CUDA image is published for amd64 only
+  local name fam sep=""
+  printf '['
+  for name in $(selected "$@"); do
+    fam=$(family "$name"); fam=${fam:-python}
+    printf '%s{"name":"%s","family":"%s","platforms":"%s"}' "$sep" "$name" "$fam" \
+      "$([ "$fam" = vllm ] && echo linux/amd64 || echo linux/amd64,linux/arm64)"
+    sep=,
+  done
+  printf ']\n'
+}
+
 case $action in
   list) names ;;
+  matrix) matrix "$@" ;;
   refs) for name in $(selected "$@"); do ref "$name"; done ;;
   build) build "$@" ;;
   push) push "$@" ;;
-  *) echo "usage: $0 list|refs|build|push [NAME...]" >&2; exit 2 ;;
+  *) echo "usage: $0 list|refs|matrix|build|push [NAME...]" >&2; exit 2 ;;
 esac
