@@ -16,14 +16,21 @@ ARG WHEELS_URL=
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY requirements/constraints.txt requirements/constraints.txt
-COPY modelyard modelyard
-# The pip cache is a build cache mount: reused between builds, never part of the image.
+# Dependencies first, resolved from pyproject.toml alone (a stub package): a code change reuses
+# this layer. pip's cache is a build cache mount: reused when the index allows, never in a layer.
 RUN --mount=type=secret,id=cacert --mount=type=cache,target=/root/.cache/pip,sharing=locked \
     if [ -s /run/secrets/cacert ]; then export PIP_CERT=/run/secrets/cacert; fi \
+ && mkdir modelyard && touch modelyard/__init__.py \
  && python3 -m venv /opt/modelyard \
  && /opt/modelyard/bin/pip install --disable-pip-version-check ${WHEELS_URL:+--find-links "$WHEELS_URL"} \
       -c requirements/constraints.txt "$TORCH" ".[runtime]" bitsandbytes \
- && /opt/modelyard/bin/pip uninstall -q -y pip
+ && rm -rf modelyard build ./*.egg-info
+COPY modelyard modelyard
+RUN --mount=type=secret,id=cacert \
+    if [ -s /run/secrets/cacert ]; then export PIP_CERT=/run/secrets/cacert; fi \
+ && /opt/modelyard/bin/pip install --disable-pip-version-check --no-cache-dir --no-deps --force-reinstall . \
+ && /opt/modelyard/bin/pip uninstall -q -y pip \
+ && rm -rf build ./*.egg-info
 
 FROM ${BASE_IMAGE}
 # UID/GID 1000: the operator's pods run as 1000 (RUNTIME_UID); a passwd entry for libraries that ask.
