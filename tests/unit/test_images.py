@@ -1,4 +1,4 @@
-"""The Dockerfiles under images/ (no Docker engine here, so they are checked, not built).
+"""The Dockerfiles under images/, read statically (tests/images builds and runs them).
 
 For each image: its ENTRYPOINT runs a real `modelyard` subcommand; the final stage runs as a
 non-root user from a pinned base with no build tools; and every third-party module that its
