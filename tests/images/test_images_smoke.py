@@ -65,7 +65,8 @@ def test_download_image_fetches_http_and_s3(images, tmp_path):
 
 def test_serve_accelerate_image_answers_a_chat_request(images, tmp_path):
     tiny = make_tiny_llama(tmp_path / "tiny")
-    os.chmod(tmp_path, 0o755)
+    for path in [tiny, *tiny.rglob("*")]:  # as the download pod (UID 1000) leaves the cache
+        os.chown(path, 1000, 1000)
     port = free_port()
     args = ["--engine", "accelerate", "--model", "/models/tiny", "--served-model-name", "tiny",
             "--host", "127.0.0.1", "--port", str(port)]
