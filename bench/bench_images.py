@@ -32,7 +32,7 @@ def _rows() -> list[list[str]]:
 def _build(tree: pathlib.Path, **env: str) -> dict[str, tuple[int, int]]:
     """name -> (seconds, bytes) of one `images.sh build` in ``tree``."""
     before = len(_rows())
-    env = {**os.environ, "LOCAL_BASE": "1", "CACHE_DIR": str(CACHE), **env}
+    env = {**os.environ, "LOCAL_BASE": "1", "CACHE_DIR": str(CACHE), "RECORD_SIZES": "1", **env}
     if os.path.exists(CA):
         env.setdefault("PIP_CA", CA)
     proc = subprocess.run(["bash", "scripts/images.sh", "build"], cwd=tree, env=env, capture_output=True, text=True)

