@@ -39,7 +39,10 @@ ENV PATH=/opt/modelyard/bin:$PATH \
     HF_HUB_DISABLE_TELEMETRY=1
 USER 1000:1000
 ENTRYPOINT ["modelyard", "download"]
-ARG VERSION=0.0.0 REVISION=unknown SOURCE=https://github.com/modelyard/modelyard
+# `make images` also passes these as --label (a cached LABEL step would keep an older revision).
+ARG VERSION=0.0.0
+ARG REVISION=unknown
+ARG SOURCE=https://github.com/modelyard/modelyard
 LABEL org.opencontainers.image.title="modelyard-download" \
       org.opencontainers.image.source="${SOURCE}" \
       org.opencontainers.image.version="${VERSION}" \

@@ -29,7 +29,10 @@ USER 1000:1000
 EXPOSE 8000
 ENTRYPOINT ["modelyard", "serve"]
 CMD ["--engine", "vllm", "--help"]
-ARG VERSION=0.0.0 REVISION=unknown SOURCE=https://github.com/modelyard/modelyard
+# `make images` also passes these as --label (a cached LABEL step would keep an older revision).
+ARG VERSION=0.0.0
+ARG REVISION=unknown
+ARG SOURCE=https://github.com/modelyard/modelyard
 LABEL org.opencontainers.image.title="modelyard-serve-vllm" \
       org.opencontainers.image.source="${SOURCE}" \
       org.opencontainers.image.version="${VERSION}" \

@@ -18,6 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 action=${1:-list}; shift || true
 CACHE_DIR=${CACHE_DIR:-.work/images}
+CACHE_DIR=$(mkdir -p "$CACHE_DIR" && cd "$CACHE_DIR" && pwd)
 BUILD_VOLUMES=()
 REGISTRY=${REGISTRY:-ghcr.io/modelyard}
 TAG=${TAG:-$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -n 1)}
@@ -39,16 +40,17 @@ pick_builder() {
 # podman/buildah here: chroot isolation (no nested namespaces), host network (the proxy and the
 # local wheel server), runc (crun refuses hybrid cgroups), rlimits we are allowed to set.
 containers_conf() {
-  mkdir -p "$CACHE_DIR"
   printf '[containers]\ndefault_ulimits = ["nofile=20000:20000", "nproc=4096:4096"]\n[engine]\nruntime = "runc"\n' \
     > "$CACHE_DIR/containers.conf"
-  export CONTAINERS_CONF="$PWD/$CACHE_DIR/containers.conf"
+  export CONTAINERS_CONF="$CACHE_DIR/containers.conf"
 }
 
 build_one() {  # NAME DOCKERFILE REF [extra build args...]
   local name=$1 file=$2 image=$3; shift 3
+  local source=${SOURCE_URL:-https://github.com/modelyard/modelyard} oci=org.opencontainers.image
   local args=(-f "$file" -t "$image" --build-arg "VERSION=$TAG" --build-arg "REVISION=$REVISION"
-              --build-arg "SOURCE=${SOURCE_URL:-https://github.com/modelyard/modelyard}" "$@")
+              --build-arg "SOURCE=$source" --label "$oci.version=$TAG" --label "$oci.revision=$REVISION"
+              --label "$oci.source=$source" "$@")
   [ -n "${PIP_CA:-}" ] && args+=(--secret "id=cacert,src=$PIP_CA")
   [ -n "${PLATFORM:-}" ] && args+=(--platform "$PLATFORM")
   local start=$SECONDS
