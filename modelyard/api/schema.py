@@ -92,13 +92,15 @@ def model_schema(cls: type[BaseModel]) -> dict:
         schema["required"] = required
     rules = getattr(cls, "RULES", ())
     if rules:
-        schema["x-kubernetes-validations"] = [{"rule": r, "message": m} for r, m in rules]
+        # an optional third element is the rule's fieldPath (".uri"): errors then name that field
+        schema["x-kubernetes-validations"] = [{"rule": r[0], "message": r[1], **({"fieldPath": r[2]} if len(r) > 2 else {})}
+                                              for r in rules]
     return schema
 
 
-def rules_by_path(cls: type[BaseModel], path: str = "") -> list[tuple[str, str, str]]:
-    """All CEL rules in the model tree as (json path, rule, message); lists use ``[]``."""
-    out = [(path, r, m) for r, m in getattr(cls, "RULES", ())]
+def rules_by_path(cls: type[BaseModel], path: str = "") -> list[tuple[str, str, str, str]]:
+    """All CEL rules in the model tree as (json path, rule, message, fieldPath or ""); lists use ``[]``."""
+    out = [(path, r[0], r[1], r[2] if len(r) > 2 else "") for r in getattr(cls, "RULES", ())]
     for name, field in cls.model_fields.items():
         tp, _ = _unwrap_optional(field.annotation)
         sub = f"{path}.{field.alias or name}" if path else (field.alias or name)

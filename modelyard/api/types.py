@@ -13,6 +13,8 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 from pydantic.alias_generators import to_camel
 
+from modelyard.uri import USERINFO, redact
+
 GROUP = "modelyard.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -32,16 +34,24 @@ QUANTITY = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|K|M|G|T|P|E|m)?$"
 # A GPU memory size ("80GiB", "24GB", "80Gi") or a resource profile name ("nvidia-a100-80gb").
 GPU_MEMORY = r"^([0-9]+(\.[0-9]+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB|Ki|Mi|Gi|Ti)|[a-z0-9]([-a-z0-9]*[a-z0-9])?)$"
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_.-]*$"
+SECRET_KEY = r"^[-._a-zA-Z0-9]+$"
 LABEL_KEY = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+
+
+def describe_uri(uri: str | None, uri_from: "UriFrom | None") -> str:
+    if uri is not None:
+        return redact(uri)
+    ref = uri_from.secret_key_ref if uri_from else None
+    return f"the URI in Secret {ref.name!r} (key {ref.key!r})" if ref else "no URI"
 
 
 class _Base(BaseModel):
     model_config = ConfigDict(
         alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
     )
-    # CEL rules (rule, message) checked on this object; they land in the CRD as
+    # CEL rules (rule, message[, fieldPath]) checked on this object; they land in the CRD as
     # x-kubernetes-validations and are evaluated offline by modelyard.api.validate.
-    RULES: ClassVar[tuple[tuple[str, str], ...]] = ()
+    RULES: ClassVar[tuple[tuple[str, ...], ...]] = ()
 
 
 class SecretRef(_Base):
@@ -55,15 +65,45 @@ class SecretRef(_Base):
     )
 
 
+class SecretKeyRef(_Base):
+    """One key of a Secret in the Model's namespace."""
+
+    name: str = Field(description="Name of the Secret.", pattern=DNS_SUBDOMAIN, max_length=253)
+    key: str = Field(description="Key in the Secret whose value is used.", pattern=SECRET_KEY, max_length=253)
+
+
+class UriFrom(_Base):
+    """A URI that is itself a credential (a presigned URL), read from a Secret."""
+
+    secret_key_ref: SecretKeyRef = Field(description="The Secret key holding the URI; it reaches the download "
+                                         "pod as an environment variable and is never written anywhere.")
+
+
+# A URI never carries credentials: userinfo goes to a Secret (secretRef), a query string (a presigned
+# URL's signature) comes with the whole URI from a Secret (uriFrom). Same rules for source and adapters.
+URI_RULES: tuple[tuple[str, ...], ...] = (
+    ("has(self.uri) != has(self.uriFrom)", "set exactly one of uri and uriFrom"),
+    (f"!has(self.uri) || !self.uri.matches('{USERINFO}')",
+     "uri must not carry credentials (user:token@): put them in a Secret and name it in secretRef "
+     "(keys HF_TOKEN, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or MODELYARD_HTTP_TOKEN)", ".uri"),
+    ("!has(self.uri) || !self.uri.contains('?')",
+     "uri must not have a query string (a presigned URL's signature is a credential): put the whole "
+     "URI in a Secret and use uriFrom.secretKeyRef", ".uri"),
+)
+
+
 class Source(_Base):
     """Where the weights come from."""
 
-    uri: str = Field(
+    uri: str | None = Field(
+        None,
         description="hf://org/repo, s3://bucket/prefix, http(s)://host/path (a file or a .tar/.tar.gz/.zip), "
-        "pvc://claim/path, or file:///path (local mode only).",
+        "pvc://claim/path, or file:///path (local mode only). No credentials: use secretRef, or uriFrom "
+        "for a presigned URL.",
         pattern=URI,
         max_length=2048,
     )
+    uri_from: UriFrom | None = Field(None, description="Read the URI from a Secret (a presigned URL); instead of uri.")
     revision: str | None = Field(
         None,
         description="Branch, tag or commit (hf://). The resolved commit is recorded in status.source.resolvedRevision.",
@@ -77,9 +117,13 @@ class Source(_Base):
         max_length=64,
     )
 
-    RULES: ClassVar[tuple[tuple[str, str], ...]] = (
-        ("!has(self.revision) || self.uri.startsWith('hf://')", "revision is only supported for hf:// sources"),
+    RULES: ClassVar[tuple[tuple[str, ...], ...]] = URI_RULES + (
+        ("!has(self.revision) || (has(self.uri) && self.uri.startsWith('hf://'))", "revision is only supported for hf:// sources"),
     )
+
+    def described(self) -> str:
+        """The source for messages: the URI redacted, or where it comes from."""
+        return describe_uri(self.uri, self.uri_from)
 
 
 class Adapter(_Base):
@@ -90,11 +134,18 @@ class Adapter(_Base):
         pattern=DNS_LABEL,
         max_length=63,
     )
-    uri: str = Field(description="Where the adapter comes from; same schemes as source.uri.", pattern=URI, max_length=2048)
+    uri: str | None = Field(None, description="Where the adapter comes from; same schemes and rules as source.uri.",
+                            pattern=URI, max_length=2048)
+    uri_from: UriFrom | None = Field(None, description="Read the URI from a Secret (a presigned URL); instead of uri.")
     revision: str | None = Field(None, description="Branch, tag or commit (hf://).", max_length=255,
                                  pattern=r"^[A-Za-z0-9][A-Za-z0-9._/\-]*$")
     secret_ref: SecretRef | None = Field(None, description="Credentials for the adapter's source.")
     merge: bool = Field(False, description="Merge the adapter into the base weights at convert time instead of serving it separately.")
+
+    RULES: ClassVar[tuple[tuple[str, ...], ...]] = URI_RULES
+
+    def described(self) -> str:
+        return describe_uri(self.uri, self.uri_from)
 
 
 class EnvVar(_Base):
@@ -171,7 +222,7 @@ class ModelSpec(_Base):
     format: Format = Field("auto", description="Format of the weights at the source; auto detects it from the files.")
     precision: Precision = Field("auto", description="Precision to serve at; fp8/int8/int4 quantize (convert step or bitsandbytes at load).")
     engine: Engine = Field("auto", description="Serving engine; auto picks from the plan (vllm on GPUs, accelerate otherwise).")
-    gpus: int = Field(0, description="GPUs per replica; 0 serves on CPU. More than one shards the model (tensor parallel).", ge=0, le=64)
+    gpus: int = Field(0, description="GPUs per replica (over all its nodes); 0 serves on CPU. More than one shards the model: tensor parallel within a node, pipeline parallel across nodes when gpus > gpusPerNode.", ge=0, le=64)
     gpu_memory: str | None = Field(
         None, description="Memory of one GPU (e.g. 80GiB) or a resource profile name (e.g. nvidia-a100-80gb); used by the planner.",
         pattern=GPU_MEMORY, max_length=64,
@@ -179,6 +230,16 @@ class ModelSpec(_Base):
     gpu_resource: str = Field("nvidia.com/gpu", description="Extended resource name that requests GPUs.", pattern=LABEL_KEY, max_length=253)
     adapters: list[Adapter] = Field(default_factory=list, description="LoRA adapters served beside the base model.", max_length=32)
     replicas: int = Field(1, description="Serving replicas.", ge=0, le=100)
+    gpus_per_node: int | None = Field(
+        None, description="GPUs on each node. gpus above it spread one replica over several nodes (a LeaderWorkerSet: "
+        "tensor parallel within a node, pipeline parallel across nodes). Default: the operator's setting (chart value gpusPerNode, 8).",
+        ge=1, le=64,
+    )
+    nodes: int | None = Field(
+        None, description="Nodes per replica (LeaderWorkerSet size); gpus is split evenly over them. Default: as few as gpusPerNode allows. "
+        "With gpus 0, one vLLM process per node serves a pipeline stage on CPU.",
+        ge=1, le=64,
+    )
     serving: Serving = Field(default_factory=Serving, description="How the model is served.")
     resources: Resources = Field(default_factory=Resources, description="CPU/memory for the serving container.")
     node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the serving pods must match.")
@@ -207,6 +268,14 @@ class ModelSpec(_Base):
             "!(self.gpus == 0 && has(self.gpuMemory))",
             "gpuMemory only applies when gpus >= 1",
         ),
+        (
+            "!has(self.nodes) || self.gpus % self.nodes == 0",
+            "gpus must be a multiple of nodes: each node gets gpus / nodes GPUs",
+        ),
+        (
+            "!(self.engine == 'accelerate' && has(self.nodes) && self.nodes > 1)",
+            "nodes > 1 needs engine vllm (or auto); the accelerate engine serves on one node",
+        ),
     )
 
 
@@ -221,6 +290,7 @@ class ModelMeta(_Base):
     namespace: str | None = Field(None, description="Namespace.", pattern=DNS_LABEL, max_length=63)
     uid: str | None = Field(None, description="Set by the API server; children's ownerReferences point at it.")
     generation: int | None = Field(None, description="Set by the API server; bumped on every spec change.")
+    annotations: dict[str, str] = Field(default_factory=dict, description="Annotations (modelyard.io/retry retries a failed step at once).")
 
 
 class Model(_Base):

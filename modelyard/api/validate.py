@@ -112,7 +112,8 @@ def _compile():
     import celpy
 
     env = celpy.Environment()
-    return [(path, env.program(env.compile(rule)), rule, message) for path, rule, message in rules_by_path(ModelSpec, "spec")]
+    return [(path, env.program(env.compile(rule)), rule, message, field)
+            for path, rule, message, field in rules_by_path(ModelSpec, "spec")]
 
 
 def _objects_at(data: Any, path: str) -> list[tuple[str, Any]]:
@@ -147,8 +148,9 @@ def check_rules(model: Model, raw_spec: dict | None = None) -> list[tuple[str, s
 
     data = {"spec": _as_served(model, raw_spec or {})}
     issues = []
-    for path, program, rule, message in _programs():
+    for path, program, rule, message, field in _programs():
         for where, obj in _objects_at(data, path):
+            where += field  # a rule with a fieldPath names that field
             try:
                 ok = program.evaluate({"self": celpy.json_to_cel(obj)})
             except Exception as exc:  # a rule that cannot evaluate is reported, not ignored

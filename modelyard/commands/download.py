@@ -11,19 +11,24 @@ from __future__ import annotations
 import json
 import os
 import sys
+import traceback
 from pathlib import Path
 
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 LIMIT = 4096
 PLAN_KEYS = ("parameters", "weightBytes", "kvCacheBytesPerToken", "engine", "precision",
-             "tensorParallelSize", "perGpuBytes", "maxModelLen", "fits", "reason")
+             "tensorParallelSize", "perGpuBytes", "maxModelLen", "fits", "reason",
+             "pipelineParallelSize", "nodes", "gpusPerNode")
 
 
 def register(sub) -> None:
     p = sub.add_parser("download", help="download a model from hf://, s3://, http(s)://, pvc:// or file://",
                        description="Plan, then download, verify and record a model (resumable).")
-    p.add_argument("--source", required=True, help="hf://org/repo, s3://bucket/prefix, https://host/file[.tar.gz|.zip], "
-                   "pvc://claim/path or file:///abs/path")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--source", help="hf://org/repo, s3://bucket/prefix, https://host/file[.tar.gz|.zip], "
+                       "pvc://claim/path or file:///abs/path")
+    where.add_argument("--source-env", metavar="VAR", help="read the source URI from this environment variable "
+                       "(a presigned URL from a Secret: it never appears in the pod's arguments)")
     p.add_argument("--dest", required=True, type=Path, help="destination folder")
     p.add_argument("--revision", help="branch, tag or commit (hf://); default main")
     p.add_argument("--include", action="append", default=[], metavar="GLOB",
@@ -35,6 +40,8 @@ def register(sub) -> None:
     p.add_argument("--plan-gpus", type=int, help="GPUs to plan for (0 = CPU)")
     p.add_argument("--plan-gpu-memory", help="memory per GPU, e.g. 80GiB")
     p.add_argument("--plan-max-model-len", type=int, help="context length to plan for")
+    p.add_argument("--plan-gpus-per-node", type=int, help="GPUs on each node (more GPUs span nodes)")
+    p.add_argument("--plan-nodes", type=int, help="nodes per replica")
     p.add_argument("--no-enforce-plan", dest="enforce_plan", action="store_false",
                    help="download even when the plan says the model does not fit (the plan is enforced only "
                    "when at least one --plan-* flag names a target)")
@@ -45,8 +52,13 @@ def register(sub) -> None:
 def run(args) -> int:
     from modelyard.runtime.download import Request, download
     from modelyard.runtime.errors import DownloadError
-    from modelyard.runtime.sources import redact
+    from modelyard.uri import redact, scrub
 
+    if args.source_env:
+        args.source = os.environ.get(args.source_env, "")
+        if not args.source:
+            print(f"modelyard download: --source-env: ${args.source_env} is empty or not set", file=sys.stderr)
+            return 2
     plan_args = None if args.no_plan else _plan_args(args)
     bad = _check_plan_args(plan_args)
     if bad:
@@ -62,9 +74,10 @@ def run(args) -> int:
         _write(term, exc.termination_message())
         print(f"modelyard download: {exc.reason}: {exc.message}", file=sys.stderr)
         return exc.exit_code
-    except Exception as exc:  # noqa: BLE001 - still tell Kubernetes why
+    except Exception as exc:  # noqa: BLE001 - still tell Kubernetes why (and the log), without credentials
         _write(term, {"error": {"reason": "DownloadFailed", "message": f"{type(exc).__name__}: {exc}"}, "plan": None})
-        raise
+        print(scrub(traceback.format_exc()), file=sys.stderr)
+        return 1
     _write(term, {**result.termination_message(), "format": _detected_format(args.dest)})
     state = "already downloaded" if result.already else "downloaded"
     print(f"{state}: {len(result.files)} files, {result.bytes} bytes, {redact(args.source)} at "
@@ -85,7 +98,8 @@ def _detected_format(dest: str) -> str | None:
 
 def _plan_args(args) -> dict:
     pairs = {"precision": args.plan_precision, "engine": args.plan_engine, "gpus": args.plan_gpus,
-             "gpu_memory": args.plan_gpu_memory, "max_model_len": args.plan_max_model_len}
+             "gpu_memory": args.plan_gpu_memory, "max_model_len": args.plan_max_model_len,
+             "gpus_per_node": args.plan_gpus_per_node, "nodes": args.plan_nodes}
     return {k: v for k, v in pairs.items() if v is not None}
 
 
@@ -96,12 +110,22 @@ def _check_plan_args(plan_args: dict | None) -> str | None:
     from modelyard.planner import PlanError, plan
     from modelyard.runtime.tiny import TINY_LLAMA
 
+    from modelyard.planner.parallel import check_gpus_per_node, check_nodes
+
     probe = {**TINY_LLAMA, "architectures": ["LlamaForCausalLM"], "model_type": "llama"}
+    # the layout (gpus over nodes) depends on the real config's heads and layers: only the values here
+    single = {k: v for k, v in plan_args.items() if k not in ("gpus_per_node", "nodes")}
+    if isinstance(single.get("gpus"), int) and single["gpus"] > 1:
+        single["gpus"] = 1
     try:
-        plan(probe, **plan_args)
+        if "gpus_per_node" in plan_args:
+            check_gpus_per_node(plan_args["gpus_per_node"])
+        check_nodes(plan_args.get("nodes"))
+        plan(probe, **single)
     except PlanError as exc:
         field = str(exc).split(":", 1)[0]
-        flag = {"gpuMemory": "--plan-gpu-memory", "maxModelLen": "--plan-max-model-len"}.get(field, f"--plan-{field}")
+        flag = {"gpuMemory": "--plan-gpu-memory", "maxModelLen": "--plan-max-model-len",
+                "gpusPerNode": "--plan-gpus-per-node"}.get(field, f"--plan-{field}")
         return f"{flag}: {str(exc).split(':', 1)[-1].strip()}"
     return None
 
@@ -135,9 +159,11 @@ def fit(message: dict, limit: int = LIMIT) -> str:
 
 
 def _write(path: Path | None, message: dict) -> None:
+    from modelyard.uri import scrub
+
     if path is None:
         return
     try:
-        path.write_text(fit(message))
+        path.write_text(fit(json.loads(scrub(json.dumps(message)))))
     except OSError as exc:
         print(f"modelyard download: cannot write the termination log {path}: {exc}", file=sys.stderr)

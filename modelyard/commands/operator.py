@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import logging
 
 
@@ -41,6 +42,8 @@ def run(args) -> int:
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     if args.metrics_port:
         start_http_server(args.metrics_port)
+    if args.namespace:  # where the resync loop reads kopf's peering objects
+        os.environ["MODELYARD_WATCH_NAMESPACES"] = ",".join(args.namespace)
     asyncio.run(kopf.operator(
         clusterwide=not args.namespace,
         namespaces=args.namespace or (),

@@ -22,6 +22,9 @@ def register(sub) -> None:
     p.add_argument("--index", help="model.safetensors.index.json (default: beside config.json)")
     p.add_argument("--gpus", type=int, help="GPUs per replica (0 = CPU)")
     p.add_argument("--gpu-memory", help="memory per GPU: 80GiB, 24GB or a profile name")
+    p.add_argument("--gpus-per-node", type=int,
+                   help="GPUs on each node; without --gpus the planner picks the fewest nodes, then GPUs, that fit")
+    p.add_argument("--nodes", type=int, help="nodes per replica (gpus are split evenly over them)")
     p.add_argument("--memory", help="host memory for CPU plans and offload, e.g. 32Gi")
     p.add_argument("--precision", choices=PRECISIONS)
     p.add_argument("--engine", choices=("auto", "vllm", "accelerate"))
@@ -40,6 +43,7 @@ def _spec_from_file(path: str) -> dict[str, Any]:
         "uri": spec.source.uri, "revision": spec.source.revision, "precision": spec.precision,
         "engine": spec.engine, "gpus": spec.gpus, "gpu_memory": spec.gpu_memory,
         "max_model_len": spec.serving.max_model_len,
+        "gpus_per_node": spec.gpus_per_node, "nodes": spec.nodes,
         "memory": limits.get("memory") or requests.get("memory"),
         # vLLM's default --max-lora-rank; adapter ranks are only known once downloaded
         "adapters_max_rank": 16 if spec.adapters else None,
@@ -106,6 +110,9 @@ def _table(p: Plan) -> str:
         ("engine", p.engine), ("gpus", str(p.gpus)),
         ("gpu memory", format_bytes(p.gpu_memory_bytes) if p.gpus else "-"),
         ("tensor parallel", str(p.tensor_parallel_size)),
+        ("pipeline", str(p.pipeline_parallel_size)),
+        ("nodes", f"{p.nodes}" + (f" × {p.gpus_per_node} GPUs" if p.gpus_per_node else "")),
+        ("layout", p.layout or "-"),
         ("per GPU", format_bytes(p.per_gpu_bytes) if p.gpus else "-"),
         ("host memory", format_bytes(p.host_bytes) if p.host_bytes else "-"),
         ("max model len", f"{p.max_model_len} (model max {p.max_position_embeddings})"),
@@ -128,9 +135,12 @@ def run(args) -> int:
         config, index = _load_config(args, spec)
         flags = {"precision": args.precision, "engine": args.engine, "gpus": args.gpus,
                  "gpu_memory": args.gpu_memory, "max_model_len": args.max_model_len,
-                 "memory": args.memory, "adapters_max_rank": args.adapters_max_rank}
+                 "memory": args.memory, "adapters_max_rank": args.adapters_max_rank,
+                 "gpus_per_node": args.gpus_per_node, "nodes": args.nodes}
         merged = {k: v for k, v in spec.items() if k not in ("uri", "revision") and v is not None}
         merged.update({k: v for k, v in flags.items() if v is not None})
+        if args.gpus_per_node and args.gpus is None and not merged.get("gpus"):
+            merged["gpus"] = None  # choose the layout: the fewest nodes, then GPUs, that fit
         result = plan(config, index=index, **merged)
     except (PlanError, ValidationError) as exc:
         print(f"modelyard plan: {exc}", file=sys.stderr)

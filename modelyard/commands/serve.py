@@ -3,10 +3,12 @@
     modelyard serve --engine accelerate|vllm --model DIR [--adapter NAME=DIR]... [--port 8000]
                     [--host 0.0.0.0] [--served-model-name NAME] [--gpus N] [--precision P]
                     [--max-model-len N] [--max-memory JSON] [--offload-folder DIR]
-                    [--planned-gpu-bytes N] [-- EXTRA ENGINE ARGS]
+                    [--planned-gpu-bytes N] [--nodes N [--pipeline-parallel-size P]
+                    [--master-port P]] [-- EXTRA ENGINE ARGS]
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -32,6 +34,11 @@ def register(sub) -> None:
     p.add_argument("--max-memory", help='accelerate max_memory as JSON, e.g. \'{"0": "70GiB", "cpu": "100GiB"}\'')
     p.add_argument("--offload-folder", help="folder for weights offloaded to disk")
     p.add_argument("--planned-gpu-bytes", type=int, help="planner's per-GPU estimate, exported as a metric")
+    p.add_argument("--nodes", type=int, default=1,
+                   help="nodes in the group (vllm); above 1 the rank and leader come from LWS_WORKER_INDEX "
+                        "and LWS_LEADER_ADDRESS: rank 0 serves the API, the others run headless")
+    p.add_argument("--pipeline-parallel-size", type=int, help="pipeline stages (vllm; default 1, or --nodes on CPU)")
+    p.add_argument("--master-port", type=int, help="port of the group's torch.distributed master on the leader (default 29501)")
     p.add_argument("extra", nargs="*", metavar="-- EXTRA", help="engine arguments after --")
     p.set_defaults(func=run)
 
@@ -49,6 +56,10 @@ def run(args) -> int:
     if args.gpus < 0:
         print("modelyard serve: --gpus must be 0 (CPU) or more", file=sys.stderr)
         return 2
+    if args.nodes < 1 or (args.nodes > 1 and args.engine != "vllm"):
+        print("modelyard serve: --nodes must be 1, or more with --engine vllm", file=sys.stderr)
+        return 2
+    worker = args.nodes > 1 and os.environ.get("LWS_WORKER_INDEX", "0") != "0"
     sync = None
     if args.adapters_file:
         from modelyard.runtime.adapter_sync import AdapterSync, read_adapters_file
@@ -60,7 +71,8 @@ def run(args) -> int:
             return 2
         args.adapter = list(args.adapter) + [f"{n}={d}" for n, d in initial.items()]
         host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
-        sync = AdapterSync(args.adapters_file, f"http://{host}:{args.port}", loaded=initial).start()
+        if not worker:  # the leader hot-loads for the whole group
+            sync = AdapterSync(args.adapters_file, f"http://{host}:{args.port}", loaded=initial).start()
     try:
         return int(engine.serve(args) or 0)
     finally:

@@ -58,3 +58,8 @@ class Cache:
         with self._lock:
             items = [o for (k, ns, _), o in self._objects.items() if k == kind and ns == namespace]
         return [o for o in items if all(((o.get("metadata") or {}).get("labels") or {}).get(k) == v for k, v in labels.items())]
+
+    def keys(self, kind: str) -> list[tuple[str, str]]:
+        """(namespace, name) of every object of this kind held."""
+        with self._lock:
+            return [(ns, name) for (k, ns, name) in self._objects if k == kind]

@@ -13,6 +13,7 @@ import kubernetes
 from kubernetes.client.rest import ApiException
 
 from modelyard.api import GROUP, PLURAL, VERSION
+from modelyard.uri import scrub
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,8 @@ PATHS = {
     "PersistentVolumeClaim": ("/api/v1", "persistentvolumeclaims"),
     "Pod": ("/api/v1", "pods"),
     "Event": ("/api/v1", "events"),
+    "KopfPeering": ("/apis/kopf.dev/v1", "kopfpeerings"),
+    "LeaderWorkerSet": ("/apis/leaderworkerset.x-k8s.io/v1", "leaderworkersets"),
 }
 
 
@@ -69,6 +72,24 @@ class Kube:
                 return None
             raise
 
+    def get_cluster_peering(self, name: str) -> dict | None:
+        try:
+            return self._call("GET", f"/apis/kopf.dev/v1/clusterkopfpeerings/{name}")
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+    def serves(self, kind: str) -> bool:
+        """Whether the API server serves ``kind`` (e.g. a CRD that may not be installed)."""
+        prefix, plural = PATHS[kind]
+        try:
+            found = self._call("GET", prefix)
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return any(r.get("name") == plural for r in (found or {}).get("resources") or [])
+
     def list(self, kind: str, namespace: str, labels: dict[str, str] | None = None) -> list[dict]:
         query = {"labelSelector": ",".join(f"{k}={v}" for k, v in labels.items())} if labels else None
         return self._call("GET", self._path(kind, namespace), query=query).get("items") or []
@@ -88,6 +109,9 @@ class Kube:
         current = self.get(obj["kind"], m["namespace"], m["name"])
         if current is None:
             return self.create(obj)
+        if _controller_uid(current) != _controller_uid(obj):  # replaced by someone else since our last look
+            log.warning("not replacing %s %s/%s: its controller is no longer this Model", obj["kind"], m["namespace"], m["name"])
+            return current
         body = json.loads(json.dumps(obj))
         body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
         return self._call("PUT", self._path(obj["kind"], m["namespace"], m["name"]), body=body)
@@ -101,11 +125,16 @@ class Kube:
                 return None
             raise
 
-    def delete(self, kind: str, namespace: str, name: str) -> None:
+    def delete(self, kind: str, namespace: str, name: str, uid: str | None = None) -> None:
+        """Delete (in the background); with ``uid``, only that very object (a precondition: a
+        same-named object created since by someone else is left alone)."""
+        body = {"propagationPolicy": "Background", **({"preconditions": {"uid": uid}} if uid else {})}
         try:
-            self._call("DELETE", self._path(kind, namespace, name), body={"propagationPolicy": "Background"})
+            self._call("DELETE", self._path(kind, namespace, name), body=body)
         except ApiException as exc:
-            if exc.status != 404:
+            if exc.status == 409 and uid:
+                log.warning("not deleting %s %s/%s: it is no longer the object we meant (uid %s)", kind, namespace, name, uid)
+            elif exc.status != 404:
                 raise
 
     def pod_log(self, namespace: str, pod: str, container: str, tail: int = 20) -> str | None:
@@ -127,7 +156,7 @@ class Kube:
                                "namespace": m["namespace"], "uid": m.get("uid"), "resourceVersion": m.get("resourceVersion")},
             "type": type_,
             "reason": reason,
-            "message": message[:1024],
+            "message": scrub(message)[:1024],
             "source": {"component": "modelyard-operator"},
             "reportingComponent": "modelyard.io/operator",
             "reportingInstance": "modelyard-operator",
@@ -139,3 +168,8 @@ class Kube:
             self._call("POST", f"/api/v1/namespaces/{m['namespace']}/events", body=body)
         except ApiException as exc:  # an Event is best effort; never fail a reconcile for it
             log.warning("could not post Event %s for %s/%s: %s", reason, m["namespace"], m["name"], exc.status)
+
+
+def _controller_uid(obj: dict) -> str | None:
+    refs = [r for r in (obj.get("metadata") or {}).get("ownerReferences") or [] if r.get("controller")]
+    return refs[0].get("uid") if refs else None

@@ -25,8 +25,13 @@ class Observed:
     adapter_pods: dict[str, int] | None = None
     # the serving Deployment's pods (crash reasons)
     server_pods: list[dict] = field(default_factory=list)
+    # a replica over several nodes: its LeaderWorkerSet, and whether the cluster has that CRD (None: not asked)
+    lws: dict | None = None
+    lws_installed: bool | None = None
     # converted folders on this Model's (shared) cache claim that other Models finished: output -> Model
     converted_elsewhere: dict[str, str] = field(default_factory=dict)
+    # source folders on this Model's shared claim that other Models are downloading now: folder -> Model
+    downloading_elsewhere: dict[str, str] = field(default_factory=dict)
 
 
 def spec_hash(obj: dict | None) -> str | None:
@@ -48,6 +53,16 @@ def job_state(job: dict | None) -> str:
     if status.get("succeeded"):
         return "succeeded"
     return "running"
+
+
+def job_failure(job: dict | None) -> dict | None:
+    """The Job controller's own reason when it failed the Job (e.g. its deadline passed)."""
+    for cond in ((job or {}).get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Failed" and cond.get("status") == "True" and cond.get("reason") == "DeadlineExceeded":
+            limit = ((job or {}).get("spec") or {}).get("activeDeadlineSeconds")
+            return {"reason": "DeadlineExceeded", "message": f"the step ran longer than its deadline of {limit} s "
+                    "(its weights at the floor throughput): a stalled transfer or a slow volume"}
+    return None
 
 
 def owned_pods(job: dict | None, pods: list[dict]) -> list[dict]:
@@ -105,6 +120,23 @@ def last_progress(log: str | None) -> dict | None:
     return None
 
 
+def waiting_for(log: str | None) -> dict | None:
+    """The step's last word, when it is that it waits for another pod (a shared cache's lease)."""
+    for line in reversed((log or "").splitlines()):
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            data = json.loads(line)
+        except ValueError:
+            continue
+        if data.get("event") == "waiting":
+            return data
+        if data.get("event") == "progress":
+            return None
+    return None
+
+
 def progress_status(step: str, data: dict | None) -> dict | None:
     if not data:
         return None
@@ -148,3 +180,78 @@ def server_failure(pods: list[dict]) -> dict | None:
                     "message": f"{err.get('message') or term.get('message') or 'exit code ' + str(term['exitCode'])}"
                                f" (pod {pod['metadata']['name']}, {restarts} restarts)"}
     return None
+
+
+# Waiting reasons of a container that will not start without someone acting (not ContainerCreating).
+STUCK_WAITING = {"CreateContainerConfigError", "CreateContainerError", "ImagePullBackOff", "ErrImagePull",
+                 "InvalidImageName", "ErrImageNeverPull", "RunContainerError", "PreCreateHookError"}
+
+
+def pod_wait(pods: list[dict]) -> dict | None:
+    """Why a step's pod does not run, in the kubelet's or scheduler's own words:
+    {"reason": "ImagePullBackOff", "message": "...(pod x, container y)"}, or None."""
+    for pod in pods:
+        status = pod.get("status") or {}
+        name = (pod.get("metadata") or {}).get("name")
+        for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in STUCK_WAITING:
+                text = waiting.get("message") or "the container cannot start"
+                return {"reason": waiting["reason"], "message": f"{waiting['reason']}: {text} (pod {name}, container {cs.get('name')})"}
+        if status.get("phase") not in (None, "Pending"):
+            continue
+        for cond in status.get("conditions") or []:
+            if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and cond.get("reason"):
+                text = cond.get("message") or "no node fits the pod"
+                return {"reason": cond["reason"], "message": f"{cond['reason']}: {text} (pod {name})"}
+    return None
+
+
+CHILD_FIELDS = {"pvc": "PersistentVolumeClaim", "download_job": "Job", "convert_job": "Job", "deployment": "Deployment",
+                "service": "Service", "adapters_configmap": "ConfigMap", "lws": "LeaderWorkerSet"}
+
+
+def controlled_by(obj: dict, uid: str | None) -> bool:
+    """Whether ``obj``'s controller owner is the object with this uid."""
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return any(r.get("controller") and r.get("uid") == uid for r in refs)
+
+
+def foreign_children(obs: Observed, uid: str | None) -> dict[str, str]:
+    """Children with our names that this Model does not control: field -> "Kind name (owner)"."""
+    if not uid:
+        return {}
+    out = {}
+    for attr, kind in CHILD_FIELDS.items():
+        obj = getattr(obs, attr)
+        if obj and obj.get("metadata") and not controlled_by(obj, uid):
+            refs = [r for r in (obj.get("metadata") or {}).get("ownerReferences") or [] if r.get("controller")]
+            owner = f"controlled by {refs[0].get('kind')} {refs[0].get('name')}" if refs else "not created by this Model"
+            out[attr] = f"{kind} {obj['metadata']['name']} ({owner})"
+    return out
+
+
+# What modelyard sets on a child and puts back when someone edits it (replicas are scaled apart).
+DRIFT_PATHS = {"Deployment": (("spec", "template"), ("spec", "selector")), "Service": (("spec", "selector"), ("spec", "ports")),
+               "ConfigMap": (("data",),), "PersistentVolumeClaim": ()}
+
+
+def _covers(have, want) -> bool:
+    """``have`` holds everything ``want`` sets (the server may add defaults around it)."""
+    if isinstance(want, dict):
+        return isinstance(have, dict) and all(_covers(have.get(k), v) for k, v in want.items())
+    if isinstance(want, list):
+        return isinstance(have, list) and len(have) == len(want) and all(_covers(h, w) for h, w in zip(have, want))
+    return have == want or (want is not None and str(have) == str(want) and not isinstance(want, bool))
+
+
+def drifted(desired: dict, existing: dict) -> bool:
+    """Someone edited the fields modelyard owns (same spec-hash annotation, different content)."""
+    for path in DRIFT_PATHS.get(desired["kind"], ()):
+        want, have = desired, existing
+        for key in path:
+            want, have = (want or {}).get(key), (have or {}).get(key)
+        exact = path[-1] == "selector"  # an extra selector key changes what it selects
+        if want is not None and not (have == want if exact else _covers(have, want)):
+            return True
+    return False

@@ -11,10 +11,11 @@ from modelyard.operator import metrics
 from modelyard.operator.decide import Action, Decision, decide
 from modelyard.operator.cache import Cache
 from modelyard.operator.kube import Kube
-from modelyard.operator.observe import Observed, job_state, owned_pods, termination_message
+from modelyard.operator.observe import CHILD_FIELDS, Observed, foreign_children, job_state, owned_pods, termination_message
 from modelyard.operator.resources import Settings
 from modelyard.operator import probe
-from modelyard.operator.resources import served_adapters
+from modelyard.operator.resources import base_dir, served_adapters
+from modelyard.operator.resources.leaderworkerset import is_multinode
 from modelyard.operator.resources.common import COMPONENT_LABEL, INSTANCE_LABEL, cache_claim
 from modelyard.operator.status import StatusBuilder, changed, now
 
@@ -41,7 +42,7 @@ class Reconciler:
         try:
             retry = self._reconcile(namespace, name)
         except Exception:
-            retry = 10.0  # API trouble: look again with a delay
+            retry = 2.0  # API trouble (a 500, a conflict, a lost answer): look again soon
             raise
         finally:
             if retry:
@@ -88,13 +89,42 @@ class Reconciler:
         )
         if model.spec.cache.claim_name:
             obs.converted_elsewhere = self._converted_on_claim(model)
-        if obs.deployment:
+            obs.downloading_elsewhere = self._downloading_on_claim(model)
+        self._observe_group(model, obs)
+        if obs.deployment or obs.lws:
             obs.server_pods = self._list("Pod", ns, {INSTANCE_LABEL: name, COMPONENT_LABEL: "server"})
             if served_adapters(model):
                 obs.adapter_pods = probe.adapters_loaded(obs.server_pods, model.spec.serving.port)
+        self._refresh_foreign(obs, model.metadata.uid)
         obs.download_pods, obs.download_log = self._pods_and_log(ns, obs.download_job, "download")
         obs.convert_pods, obs.convert_log = self._pods_and_log(ns, obs.convert_job, "convert")
         return obs
+
+    def _refresh_foreign(self, obs: Observed, uid: str | None) -> None:
+        """Objects with our names that we do not control may carry no label of ours, so no watch
+        tells us when they go: read them from the API on every pass while they block us."""
+        if not self.cache:
+            return
+        for attr in foreign_children(obs, uid):
+            held = getattr(obs, attr)
+            kind, meta = CHILD_FIELDS[attr], held["metadata"]
+            fresh = self.kube.get(kind, meta["namespace"], meta["name"])
+            if fresh is None:
+                self.cache.forget(kind, held)
+            else:
+                self.cache.put(kind, fresh)
+            setattr(obs, attr, fresh)
+
+    def _observe_group(self, model, obs: Observed) -> None:
+        """The LeaderWorkerSet of a multi-node Model (read directly: it has no watch, the CRD may be
+        missing), or of a Model that was multi-node before (to delete it)."""
+        status = (self._get("Model", model.namespace, model.name) or {}).get("status") or {}
+        wanted = is_multinode(model, status.get("plan") or {}, self.settings)
+        if not wanted and (status.get("nodes") or 1) <= 1:
+            return
+        obs.lws_installed = self.kube.serves("LeaderWorkerSet")
+        if obs.lws_installed:
+            obs.lws = self.kube.get("LeaderWorkerSet", model.namespace, model.name)
 
     def _converted_on_claim(self, model) -> dict[str, str]:
         """Outputs other Models on the same shared claim have converted (their Converted=True)."""
@@ -107,6 +137,22 @@ class Reconciler:
             output = (status.get("convert") or {}).get("output")
             if output and converted.get("status") == "True" and converted.get("reason") in ("Converted", "Reused"):
                 out[output] = other["metadata"]["name"]
+        return out
+
+    def _downloading_on_claim(self, model) -> dict[str, str]:
+        """Source folders that other Models on the same shared claim are downloading right now."""
+        out = {}
+        for other in self._list("Model", model.namespace, {}):
+            spec, status = other.get("spec") or {}, other.get("status") or {}
+            if other["metadata"]["name"] == model.name or (spec.get("cache") or {}).get("claimName") != model.spec.cache.claim_name:
+                continue
+            cond = next((c for c in status.get("conditions") or [] if c["type"] == "Downloaded"), {})
+            if cond.get("reason") != "Downloading" or status.get("observedGeneration") != other["metadata"].get("generation"):
+                continue
+            try:
+                out[base_dir(parse_model(other, rules=False))] = other["metadata"]["name"]
+            except ValidationError:
+                continue
         return out
 
     def _pods_and_log(self, ns: str, job: dict | None, container: str):
@@ -170,7 +216,7 @@ class Reconciler:
         elif action.verb == "scale":
             self._remember(kind, self.kube.patch(kind, m["namespace"], m["name"], {"spec": {"replicas": action.replicas}}))
         elif action.verb == "delete":
-            self.kube.delete(kind, m["namespace"], m["name"])
+            self.kube.delete(kind, m["namespace"], m["name"], uid=m.get("uid"))
             if self.cache:
                 self.cache.forget(kind, action.obj)
         else:
@@ -188,11 +234,13 @@ class Reconciler:
         self._report(body, decision)
 
 
-def _merge_patch(old: dict, new: dict) -> dict:
-    """A JSON merge patch from old to new status: removed keys become null."""
+def _merge_patch(old: dict, new: dict, top: bool = True) -> dict:
+    """A JSON merge patch from old to new status: removed keys (at any depth) become null."""
     patch = dict(new)
-    for key in old:
-        if key not in new and key != "kopf":
+    for key, value in old.items():
+        if key not in new and not (top and key == "kopf"):
             patch[key] = None
+        elif isinstance(value, dict) and isinstance(new.get(key), dict):
+            patch[key] = _merge_patch(value, new[key], top=False)
     return patch
 

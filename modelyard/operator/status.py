@@ -5,6 +5,8 @@ import copy
 import datetime as dt
 import json
 
+from modelyard.uri import scrub
+
 PHASES = ("Pending", "Downloading", "Converting", "Deploying", "Ready", "Failed")
 CONDITION_TYPES = ("Planned", "Downloaded", "Converted", "Ready", "Degraded")
 
@@ -33,7 +35,7 @@ class StatusBuilder:
             "type": type_,
             "status": value,
             "reason": reason,
-            "message": message,
+            "message": scrub(message),  # a URI in a message never carries its credentials
             "observedGeneration": self.generation,
             "lastTransitionTime": self.timestamp if changed else old.get("lastTransitionTime", self.timestamp),
         }

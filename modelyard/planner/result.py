@@ -36,6 +36,10 @@ class Plan:
     kv_cache_tokens: int = 0
     overhead_bytes: int = 0
     suggestion: str | None = None
+    pipeline_parallel_size: int = 1
+    nodes: int = 1
+    gpus_per_node: int = 0  # GPUs each node (pod) uses; 0 on CPU
+    layout: str = ""  # the TP × PP × nodes choice, and why
     assumptions: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import json
 import re
-import struct
 from pathlib import Path
 
+from modelyard.runtime.st_header import read_header
 from modelyard.runtime.errors import RuntimeStepError
 
 _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>A|B)(?:\.[^.]+)?\.weight$")
@@ -61,10 +61,11 @@ def adapter_rank(cfg: dict) -> int:
 
 def safetensors_shapes(path: Path) -> dict[str, list[int]]:
     """Tensor name → shape from a safetensors file's header (8-byte length + JSON)."""
-    with open(path, "rb") as f:
-        (size,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(size))
-    return {k: v["shape"] for k, v in header.items() if k != "__metadata__"}
+    header, _ = read_header(path, AdapterError)
+    try:
+        return {k: list(v["shape"]) for k, v in header.items()}
+    except (TypeError, KeyError) as exc:
+        raise AdapterError(f"{path}: a tensor entry of the safetensors header has no shape ({exc})") from None
 
 
 def base_shapes(base_dir: Path) -> dict[str, list[int]] | None:

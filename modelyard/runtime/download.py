@@ -2,8 +2,9 @@
 
 Layout of DEST while a download runs::
 
-    DEST/.partial/                 partial files and the sources' own bookkeeping
-    DEST/.partial/installed.jsonl  files already verified and moved into place, with the revision
+    DEST/.partial/<owner>/                 this pod's partial files and the sources' own bookkeeping
+    DEST/.partial/<owner>/installed.jsonl  files already verified and moved into place, with the revision
+    DEST.lease                             who downloads into DEST now, with a heartbeat (runtime/lease.py)
     DEST/<files>                   each file appears only once complete and verified
     DEST/modelyard-manifest.json   written last (atomic rename): the download is done
 
@@ -26,7 +27,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from modelyard.uri import scrub
 from modelyard.runtime.errors import DownloadError
+from modelyard.runtime.lease import Lease, owner_id, stale_seconds
 from modelyard.runtime.progress import Progress, human_bytes
 from modelyard.runtime.sources import RemoteFile, open_source, redact
 
@@ -70,7 +73,12 @@ def download(req: Request, stream=None) -> Result:
         done = _already_done(req, dest, stream)
         if done is not None:
             return done
-        return _run(req, dest, stream)
+        # one writer per cache folder: another pod downloading the same bytes is waited for
+        with Lease(dest.parent / f"{dest.name}.lease", on_wait=lambda held: _waiting(stream, held, dest)):
+            done = _already_done(req, dest, stream)  # the pod we waited for finished it
+            if done is not None:
+                return done
+            return _run(req, dest, stream)
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise DownloadError("DiskFull", f"no space left on the volume holding {dest} "
@@ -150,14 +158,39 @@ def _install(src, files: list[RemoteFile], dest: Path, staging: Path, ledger, pr
 
 
 def _staging(dest: Path, resolved: str) -> Path:
-    """``DEST/.partial``, emptied first if a killed run left it for another revision."""
-    staging = dest / PARTIAL
+    """``DEST/.partial/<owner>``: this pod's own staging folder. Called under the folder's lease, so
+    the staging a killed pod left for this revision is adopted (resumed); other revisions' go."""
+    mine = dest / PARTIAL / owner_id()
+    mine.parent.mkdir(parents=True, exist_ok=True)
+    others = [p for p in mine.parent.iterdir() if p.is_dir() and p != mine]
+    if not _same_revision(mine, resolved):
+        shutil.rmtree(mine, ignore_errors=True)
+        usable = sorted((p for p in others if _same_revision(p, resolved)), key=lambda p: p.stat().st_mtime)
+        if usable:
+            os.rename(usable[-1], mine)  # resume what the pod before us (killed, stale lease) fetched
+            others.remove(usable[-1])
+    for p in others:  # their owners lost the lease we hold: nobody writes there any more
+        shutil.rmtree(p, ignore_errors=True)
+    for p in mine.parent.iterdir():  # files of the single-folder layout of earlier versions
+        if not p.is_dir():
+            p.unlink(missing_ok=True)
+    mine.mkdir(exist_ok=True)
+    (mine / "revision").write_text(resolved)
+    return mine
+
+
+def _same_revision(staging: Path, resolved: str) -> bool:
     marker = staging / "revision"
-    if staging.exists() and (not marker.is_file() or marker.read_text() != resolved):
-        shutil.rmtree(staging)
-    staging.mkdir(exist_ok=True)
-    marker.write_text(resolved)
-    return staging
+    return marker.is_file() and marker.read_text() == resolved
+
+
+def _waiting(stream, held: dict, dest: Path) -> None:
+    """Said once per holder: the operator shows it as WaitingForSharedDownload."""
+    stream.write(json.dumps({"event": "waiting", "step": "download", "reason": "WaitingForSharedDownload",
+                             "message": f"{held.get('owner') or 'another pod'} is downloading the same bytes into "
+                                        f"{dest}; waiting for it (a lease without heartbeat for "
+                                        f"{int(stale_seconds())} s is taken over)"}) + "\n")
+    stream.flush()
 
 
 def _staged_complete(staging: Path, f: RemoteFile) -> bool:
@@ -244,11 +277,46 @@ def _finish(req: Request, dest: Path, result: Result) -> Result:
         "totalBytes": result.bytes, "plan": result.plan,
         "completedAt": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
+    # the bytes reach the disk before the manifest says they are complete (a node crash in between
+    # leaves no manifest, so the next run checks and fetches again)
+    _fsync_files(dest, [f.path for f in result.files])
     tmp = dest / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    with open(tmp, "w") as fh:
+        fh.write(json.dumps(manifest, indent=2) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
     os.replace(tmp, dest / MANIFEST)
-    shutil.rmtree(dest / PARTIAL, ignore_errors=True)
+    _fsync_dir(dest)
+    shutil.rmtree(dest / PARTIAL / owner_id(), ignore_errors=True)  # only our own staging
+    try:
+        (dest / PARTIAL).rmdir()
+    except OSError:  # not empty (another pod's) or already gone
+        pass
     return result
+
+
+def _fsync_files(dest: Path, paths: list[str]) -> None:
+    dirs = set()
+    for rel in paths:
+        target = dest / rel
+        fd = os.open(target, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        dirs.add(target.parent)
+    for d in dirs:
+        _fsync_dir(d)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on a directory
+        pass
+    finally:
+        os.close(fd)
 
 
 def _already_done(req: Request, dest: Path, stream) -> Result | None:
@@ -318,6 +386,7 @@ def _names(files: list[RemoteFile], limit: int = 8) -> str:
 
 
 def log(stream, message: str) -> None:
+    message = scrub(message)
     if getattr(stream, "isatty", lambda: False)():
         stream.write("\r\033[K" + message + "\n")  # over a half-drawn progress bar
     else:

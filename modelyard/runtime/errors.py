@@ -10,6 +10,8 @@ import json
 import os
 import sys
 
+from modelyard.uri import scrub
+
 TERMINATION_LOG = "/dev/termination-log"
 
 
@@ -17,6 +19,7 @@ class RuntimeStepError(Exception):
     """A step failed for a reason the user can act on."""
 
     def __init__(self, reason: str, message: str):
+        message = scrub(message)  # a URI in a message never carries its credentials
         super().__init__(message)
         self.reason = reason
         self.message = message

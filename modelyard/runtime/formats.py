@@ -120,6 +120,14 @@ def _index_files(index: Path) -> list[Path]:
         weight_map = json.loads(index.read_text())["weight_map"]
     except (ValueError, KeyError) as exc:
         raise ConvertError("BadIndex", f"{index.name} is not a valid shard index (needs a 'weight_map' object): {exc}") from None
+    if not isinstance(weight_map, dict):
+        raise ConvertError("BadIndex", f"{index.name}: 'weight_map' must be an object of tensor name -> shard file")
+    root = index.parent.resolve()
+    for name in dict.fromkeys(weight_map.values()):
+        target = (index.parent / str(name)).resolve()
+        if not isinstance(name, str) or name.startswith("/") or ".." in Path(name).parts or root not in target.parents:
+            raise ConvertError("BadIndex", f"{index.name}: weight_map entry {name!r} points outside {index.parent}; "
+                               "shard files must be plain names in the same folder")
     files = [index.parent / f for f in dict.fromkeys(weight_map.values())]
     missing = [f.name for f in files if not f.is_file()]
     if missing:

@@ -42,8 +42,11 @@ def source_key(uri: str, revision: str | None, include=()) -> str:
     return digest({"uri": uri, "revision": revision or "", "include": sorted(include)})
 
 
-def resolve_uri(uri: str, yaml_path: Path, cwd: Path | None = None) -> str:
+def resolve_uri(uri: str | None, yaml_path: Path, cwd: Path | None = None) -> str:
     """Absolute ``file:///...`` for a relative ``file://`` URI; other URIs unchanged."""
+    if uri is None:
+        raise StepFailed("download", "uriFrom.secretKeyRef reads the URI from a Kubernetes Secret, which local mode "
+                         "does not have; run `modelyard download --source-env VAR` with the URI in $VAR instead")
     if not uri.startswith("file://") or uri.startswith("file:///"):
         return uri
     rel = uri[len("file://"):]
@@ -124,6 +127,10 @@ class LocalRun:
             flags += ["--plan-gpu-memory", s.gpu_memory]
         if s.serving.max_model_len:
             flags += ["--plan-max-model-len", str(s.serving.max_model_len)]
+        if s.gpus_per_node:
+            flags += ["--plan-gpus-per-node", str(s.gpus_per_node)]
+        if s.nodes:
+            flags += ["--plan-nodes", str(s.nodes)]
         if not s.planner.enforce:
             flags.append("--no-enforce-plan")
         return flags
@@ -200,10 +207,19 @@ class LocalRun:
         for a in s.adapters:
             if not a.merge:
                 args += ["--adapter", f"{a.name}={adapters[a.name]}"]
+        nodes = int(plan.get("nodes") or s.nodes or 1)
+        if nodes > 1:
+            args += ["--nodes", str(nodes)]
+            if s.gpus:
+                args += ["--pipeline-parallel-size", str(plan.get("pipelineParallelSize") or nodes)]
         return args + (["--", *s.serving.args] if s.serving.args else [])
 
     def serve(self, args: list[str]) -> int:
         print(f"[serve] modelyard {shlex.join(args)}", flush=True)
+        if "--nodes" in args:  # one process per node, restarted together
+            from modelyard.runtime.local_group import serve_group
+
+            return serve_group(self, args, int(args[args.index("--nodes") + 1]))
         child = self._start("serve", args)
         self._wait_healthy(child)
         self._announce()

@@ -290,3 +290,30 @@ def test_kube_version_below_the_supported_range_is_refused():
     proc = run(tool("helm"), "template", RELEASE, str(CHART), "--kube-version", "1.27.0")
     assert proc.returncode != 0 and "kubeVersion" in proc.stderr
     assert run(tool("helm"), "template", RELEASE, str(CHART), "--kube-version", "1.28.0").returncode == 0
+
+
+@pytest.mark.parametrize("values", [v for _, v in VALUE_SETS], ids=IDS)
+def test_rbac_lets_children_block_their_models_deletion(values):
+    """Every child's ownerReference sets blockOwnerDeletion; with OwnerReferencesPermissionEnforcement
+    (OpenShift) creating such a child needs `update` on models/finalizers, in every install mode."""
+    from modelyard.api import parse_model
+    from modelyard.operator.resources import Settings, build_cache_pvc, build_download_job
+
+    m = parse_model({"apiVersion": "modelyard.io/v1alpha1", "kind": "Model", "metadata": {"name": "m", "uid": "u"},
+                     "spec": {"source": {"uri": "hf://o/r"}}})
+    for child in (build_download_job(m, Settings()), build_cache_pvc(m, Settings())):
+        assert child["metadata"]["ownerReferences"][0]["blockOwnerDeletion"] is True
+    objs = render(values)
+    for role in [o for o in objs if o["kind"] in ("ClusterRole", "Role") and any("models" in r["resources"] for r in o["rules"])]:
+        assert ("modelyard.io", "models/finalizers", "update") in _grants(role["rules"]), role["metadata"]["name"]
+
+
+def test_retry_and_deadline_values_reach_the_operators_settings():
+    import yaml
+
+    from modelyard.operator.resources import Settings
+
+    cm = one(render([], sets=("config.retry.maxAttempts=2", "config.deadlines.downloadFloorMiBps=50")), "ConfigMap", "-config")
+    settings = Settings.from_dict(yaml.safe_load(cm["data"]["config.yaml"]))
+    assert settings.retry_max_attempts == 2 and settings.retry_base_seconds == 30
+    assert settings.download_floor_mib_s == 50 and settings.deadline_default_seconds == 86400

@@ -15,6 +15,7 @@ import kmock
 import yaml
 
 from tests.k8s import errors, gc, patching, tables
+from tests.k8s.faults import Faults
 from tests.k8s.registry import Registry, ResourceType
 from tests.k8s.selectors import SelectorError, combined
 from tests.k8s.storage import Store
@@ -41,6 +42,7 @@ class Emulator(kmock.KubernetesEmulator):
         super().__init__(**kwargs)
         self.store = Store(Registry())
         self.stats: collections.Counter[str] = collections.Counter()  # "VERB plural[/sub]" → requests
+        self.faults: Faults | None = None  # tests/k8s/faults.py: a share of requests fail like a loaded server's
         gc.install(self.store)
 
     # --- routing -------------------------------------------------------------------------
@@ -58,8 +60,18 @@ class Emulator(kmock.KubernetesEmulator):
         if self.store.schedule is not _call_soon:
             self.store.schedule = _call_soon
         request = ApiRequest(raw, await raw.read())
+        fault = self.faults.pick(raw.method, raw.path, dict(raw.query)) if self.faults else None
+        if fault in ("500", "409"):
+            err = errors.ApiError(500, "InternalError", "injected fault: etcdserver: request timed out") if fault == "500" else \
+                errors.ApiError(409, "Conflict", "injected fault: the object has been modified; please apply your "
+                                "changes to the latest version and try again")
+            return _json(err.status(), err.code)
         try:
-            return await self._route(request)
+            response = await self._route(request)
+            if fault == "timeout":  # done, but the client never hears so
+                if raw.transport is not None:
+                    raw.transport.close()
+            return response
         except errors.ApiError as exc:
             return _json(exc.status(), exc.code)
         except SelectorError as exc:

@@ -212,6 +212,7 @@ class HttpState:
     throttle: dict[str, int] = field(default_factory=dict)  # path -> bytes per second
     no_length: set[str] = field(default_factory=set)  # paths sent without Content-Length
     requests: list[tuple[str, str, str | None]] = field(default_factory=list)  # (method, path, Range)
+    if_range: list[str | None] = field(default_factory=list)  # the If-Range header of each request
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def count(self, path: str, method: str = "GET") -> int:
@@ -221,6 +222,7 @@ class HttpState:
         with self.lock:
             self.status.clear(), self.drop_after.clear(), self.drop_times.clear()
             self.headers.clear(), self.requests.clear(), self.throttle.clear(), self.no_length.clear()
+            self.if_range.clear()
             self.token = None
 
 
@@ -241,6 +243,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         st, path = self.state, self.path.split("?", 1)[0]
         with st.lock:
             st.requests.append((self.command, path, self.headers.get("Range")))
+            st.if_range.append(self.headers.get("If-Range"))
         if st.token and self.headers.get("Authorization") != f"Bearer {st.token}":
             return self._error(401)
         if path in st.status:

@@ -112,9 +112,32 @@ def test_disk_full_while_writing(tiny_disk, tmp_path):
 
 def test_leftovers_of_another_revision_are_not_reused(folder, tmp_path):
     """A killed run left a complete-looking file for an older revision: it must not be installed."""
-    staging = tmp_path / "out" / ".partial"
+    staging = tmp_path / "out" / ".partial" / "killed-pod-uid"
     staging.mkdir(parents=True)
     (staging / "revision").write_text("local:older")
     (staging / "model.bin").write_bytes(b"\0" * 300_000)  # right size, wrong bytes
     _run(f"file://{folder}", tmp_path / "out")
     assert (tmp_path / "out/model.bin").read_bytes() == (folder / "model.bin").read_bytes()
+
+
+def test_the_download_jobs_own_command_reads_a_mounted_claim(folder, tmp_path):
+    """pvc:// in a cluster: the operator's Job mounts the claim at /mnt/pvc/<claim>; its exact
+    command, run here with those mounts mapped to folders, finds the files."""
+    import sys
+
+    from modelyard.api import parse_model
+    from modelyard.operator.resources import Settings, build_download_job
+
+    m = parse_model({"apiVersion": "modelyard.io/v1alpha1", "kind": "Model", "metadata": {"name": "m"},
+                     "spec": {"source": {"uri": "pvc://models/tiny"}}})
+    container = build_download_job(m, Settings())["spec"]["template"]["spec"]["containers"][0]
+    mounts = {mt["mountPath"]: mt for mt in container["volumeMounts"]}
+    assert mounts["/mnt/pvc/models"]["readOnly"]
+    claims = folder.parent.parent  # tmp/claims/<claim>/<path>: what the mounts would show
+    args = [a.replace("/cache", str(tmp_path / "cache")) for a in container["args"] if a != "/dev/termination-log"]
+    args = [a for a in args if a != "--termination-log"]
+    env = {**os.environ, "MODELYARD_PVC_ROOT": str(claims)}
+    run = subprocess.run([str(Path(sys.executable).parent / "modelyard"), *args], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    dest = Path(args[args.index("--dest") + 1])
+    assert (dest / "model.bin").read_bytes() == (folder / "model.bin").read_bytes()

@@ -173,3 +173,37 @@ def test_adapters_configmap_changes_without_rolling_the_deployment():
     merged = model(adapters=[{"name": "sql", "uri": "hf://someone/sql-lora", "merge": True}])
     assert build_adapters_configmap(merged) is None
     assert "--adapters-file" not in build_deployment(merged, SETTINGS, PLAN, "/cache/x")["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+def test_download_job_reads_a_uri_from_a_secret_never_from_its_args():
+    m = model(source={"uriFrom": {"secretKeyRef": {"name": "presigned", "key": "url"}}},
+              adapters=[{"name": "sql", "uriFrom": {"secretKeyRef": {"name": "presigned", "key": "adapter"}}}])
+    pod = build_download_job(m, SETTINGS)["spec"]["template"]["spec"]
+    for container, key in [(pod["containers"][0], "url"), (pod["initContainers"][0], "adapter")]:
+        assert container["args"][:3] == ["download", "--source-env", "MODELYARD_SOURCE_URI"]
+        assert {"name": "MODELYARD_SOURCE_URI", "valueFrom": {"secretKeyRef": {"name": "presigned", "key": key}}} in container["env"]
+    # the cache key names the Secret's key: two Models reading the same Secret key share the bytes
+    assert pod["containers"][0]["args"][4] == source_dir("secret:presigned/url")
+
+
+def test_pvc_sources_are_mounted_read_only_into_the_download_pod():
+    m = model(source={"uri": "pvc://models/llama/v1"}, adapters=[{"name": "sql", "uri": "pvc://adapters/sql"},
+                                                                  {"name": "chat", "uri": "pvc://models/chat"}])
+    pod = build_download_job(m, SETTINGS)["spec"]["template"]["spec"]
+    claims = {v["persistentVolumeClaim"]["claimName"]: v for v in pod["volumes"] if v["name"].startswith("source-")}
+    assert set(claims) == {"models", "adapters"} and all(v["persistentVolumeClaim"]["readOnly"] for v in claims.values())
+    for container in pod["containers"] + pod["initContainers"]:
+        mounts = {mt["mountPath"]: mt for mt in container["volumeMounts"]}
+        assert mounts["/mnt/pvc/models"]["readOnly"] and mounts["/mnt/pvc/adapters"]["readOnly"]
+    assert "/mnt/pvc/models/llama/v1" not in json.dumps(pod["volumes"])  # the claim is mounted, the path is read inside
+
+
+def test_file_uris_are_refused_in_a_cluster_for_adapters_too():
+    from modelyard.operator.decide import decide
+    from modelyard.operator.observe import Observed
+
+    d = decide(model(adapters=[{"name": "sql", "uri": "file:///home/me/sql"}]), None, Observed(), SETTINGS)
+    degraded = next(c for c in d.status["conditions"] if c["type"] == "Degraded")
+    assert d.status["phase"] == "Failed" and degraded["reason"] == "InvalidSource"
+    assert "spec.adapters[0].uri" in degraded["message"] and "pvc://" in degraded["message"]
+    assert d.actions == []

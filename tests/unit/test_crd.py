@@ -52,7 +52,7 @@ def test_enums_defaults_and_rules_present():
 def test_printer_columns_and_status_subresource():
     version = build_crd()["spec"]["versions"][0]
     names = [c["name"] for c in version["additionalPrinterColumns"]]
-    assert names == ["Phase", "Engine", "Precision", "GPUs", "VRAM/GPU", "Endpoint", "Age"]
+    assert names == ["Phase", "Engine", "Precision", "GPUs", "Layout", "VRAM/GPU", "Endpoint", "Age"]
     assert version["subresources"] == {"status": {}}
 
 

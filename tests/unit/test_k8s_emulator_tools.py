@@ -195,3 +195,15 @@ def test_operator_can_be_restarted(k8s, kubeconfig, namespace):
     k8s.create(configmap("second", namespace, {"watched": "yes"}))
     with run_operator(kubeconfig, modules=[], registry=configmaps):
         k8s.wait_for(lambda: seen("second"), message="the restarted operator to handle the second ConfigMap")
+
+
+def test_fault_mode_picks_faults_at_its_rate_and_spares_watches():
+    from tests.k8s.faults import Faults
+
+    faults = Faults(rate=0.1, seed=5)
+    picked = [faults.pick("GET", "/api/v1/namespaces/a/pods", {}) for _ in range(2000)]
+    assert 150 < sum(p is not None for p in picked) < 250
+    assert "409" not in picked  # a read is never answered with a conflict
+    assert all(faults.pick("GET", "/api/v1/pods", {"watch": "true"}) is None for _ in range(200))
+    writes = Faults(rate=1.0, seed=1)
+    assert {writes.pick("PATCH", "/apis/x/v1/namespaces/a/models/m", {}) for _ in range(100)} == {"500", "409", "timeout"}

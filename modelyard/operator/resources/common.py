@@ -46,6 +46,16 @@ class Settings:
     profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
     default_storage_class: str | None = None
     image_pull_policy: str = "IfNotPresent"
+    # failed steps: runs before giving up, first backoff (doubles per failure), backoff cap
+    retry_max_attempts: int = 5
+    retry_base_seconds: float = 30.0
+    retry_max_seconds: float = 1800.0
+    # step Jobs' activeDeadlineSeconds: weight bytes at these floor throughputs plus a fixed allowance
+    download_floor_mib_s: float = 10.0
+    convert_floor_mib_s: float = 5.0
+    deadline_minimum_seconds: int = 900
+    deadline_default_seconds: int = 86400  # before the first plan says how big the weights are
+    gpus_per_node: int = 8  # GPUs on each node: spec.gpus above it spans nodes (spec.gpusPerNode overrides)
 
     @classmethod
     def from_dict(cls, data: dict | None) -> "Settings":
@@ -56,7 +66,33 @@ class Settings:
             profiles=dict(data.get("profiles") or {}),
             default_storage_class=(data.get("cache") or {}).get("defaultStorageClass"),
             image_pull_policy=data.get("imagePullPolicy", base.image_pull_policy),
+            gpus_per_node=int(data.get("gpusPerNode") or base.gpus_per_node),
+            **_retry_settings(data.get("retry") or {}, data.get("deadlines") or {}),
         )
+
+
+def _retry_settings(retry: dict, deadlines: dict) -> dict:
+    pairs = {"retry_max_attempts": (retry, "maxAttempts", int), "retry_base_seconds": (retry, "baseSeconds", float),
+             "retry_max_seconds": (retry, "maxSeconds", float),
+             "download_floor_mib_s": (deadlines, "downloadFloorMiBps", float),
+             "convert_floor_mib_s": (deadlines, "convertFloorMiBps", float),
+             "deadline_minimum_seconds": (deadlines, "minimumSeconds", int),
+             "deadline_default_seconds": (deadlines, "defaultSeconds", int)}
+    return {attr: cast(src[key]) for attr, (src, key, cast) in pairs.items() if src.get(key) is not None}
+
+
+def deadline_seconds(weight_bytes: int | None, floor_mib_s: float, settings: "Settings") -> int:
+    """A step Job's activeDeadlineSeconds: its bytes at the slowest throughput still healthy, plus a
+    fixed allowance; the default while the size is not known yet (before the first plan)."""
+    if not weight_bytes:
+        return settings.deadline_default_seconds
+    return int(settings.deadline_minimum_seconds + weight_bytes / (floor_mib_s * 2**20))
+
+
+def gpus_per_node(model: Model, settings: Settings) -> int:
+    """spec.gpusPerNode, else the gpusPerNode of the profile spec.gpuMemory names, else the setting."""
+    profile = settings.profiles.get(model.spec.gpu_memory or "") or {}
+    return int(model.spec.gpus_per_node or profile.get("gpusPerNode") or settings.gpus_per_node)
 
 
 def labels(model: Model, component: str) -> dict[str, str]:
@@ -142,6 +178,14 @@ BASE_ENV = [
     {"name": "HOME", "value": "/tmp"},
     {"name": "HF_HOME", "value": "/tmp/hf"},
     {"name": "PYTHONUNBUFFERED", "value": "1"},
+]
+
+
+# Who a step's pod is (downward API): the shared cache's lease names its owner, and staging folders
+# are named after the pod's UID so that two pods never write into one another's.
+POD_IDENTITY_ENV = [
+    {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+    {"name": "MODELYARD_POD_UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}},
 ]
 
 

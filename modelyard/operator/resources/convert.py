@@ -4,11 +4,13 @@ from __future__ import annotations
 from modelyard.api import QUANTIZED, Model
 from modelyard.operator.resources.common import (
     BASE_ENV,
+    POD_IDENTITY_ENV,
     CACHE_MOUNT,
     Settings,
     cache_mount,
     cache_volume,
     container_security,
+    deadline_seconds,
     digest,
     metadata,
     pod_security,
@@ -52,7 +54,7 @@ def converted_dir(model: Model, recipe: dict, resolved_revision: str | None) -> 
     return f"{CACHE_MOUNT}/converted/{key}"
 
 
-def build_convert_job(model: Model, settings: Settings, recipe: dict, output: str) -> dict:
+def build_convert_job(model: Model, settings: Settings, recipe: dict, output: str, weight_bytes: int | None = None) -> dict:
     args = ["convert", "--input", base_dir(model), "--output", output,
             "--format", recipe["format"], "--precision", recipe["precision"], "--engine", recipe["engine"]]
     by_name = {a.name: a for a in model.spec.adapters}
@@ -65,7 +67,7 @@ def build_convert_job(model: Model, settings: Settings, recipe: dict, output: st
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["modelyard"],
         "args": args + ["--termination-log", "/dev/termination-log"],
-        "env": list(BASE_ENV) + [{"name": "HF_HUB_OFFLINE", "value": "1"}],
+        "env": list(BASE_ENV) + POD_IDENTITY_ENV + [{"name": "HF_HUB_OFFLINE", "value": "1"}],
         "volumeMounts": [cache_mount()] + mounts,
         "securityContext": container_security(),
         "terminationMessagePath": "/dev/termination-log",
@@ -84,5 +86,6 @@ def build_convert_job(model: Model, settings: Settings, recipe: dict, output: st
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": meta,
-        "spec": {"backoffLimit": 1, "template": {"metadata": {"labels": meta["labels"]}, "spec": pod_spec}},
+        "spec": {"backoffLimit": 1, "activeDeadlineSeconds": deadline_seconds(weight_bytes, settings.convert_floor_mib_s, settings),
+                 "template": {"metadata": {"labels": meta["labels"]}, "spec": pod_spec}},
     }

@@ -81,28 +81,33 @@ def _probes(port: int) -> dict:
     }
 
 
-def build_deployment(model: Model, settings: Settings, plan: dict, model_dir: str) -> dict:
+def server_pod_spec(model: Model, settings: Settings, plan: dict, model_dir: str, *,
+                    gpus: int | None = None, args: list[str] | None = None, probes: dict | None = None) -> dict:
+    """The serving pod: one `modelyard serve` container with the cache, /dev/shm and GPUs.
+
+    ``gpus`` is what this pod requests (spec.gpus unless a multi-node layout splits it)."""
     spec = model.spec
+    gpus = spec.gpus if gpus is None else gpus
     engine = plan.get("engine") or ("vllm" if spec.gpus else "accelerate")
     volumes, mounts = scratch_volumes()
     # vLLM's tensor-parallel workers talk through shared memory.
-    shm = {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi" if spec.gpus > 1 else "1Gi"}}
+    shm = {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi" if gpus > 1 else "1Gi"}}
     resources = {"requests": dict(spec.resources.requests), "limits": dict(spec.resources.limits)}
-    if spec.gpus:
-        resources["limits"][spec.gpu_resource] = str(spec.gpus)
-        resources["requests"][spec.gpu_resource] = str(spec.gpus)
+    if gpus:
+        resources["limits"][spec.gpu_resource] = str(gpus)
+        resources["requests"][spec.gpu_resource] = str(gpus)
     container = {
         "name": "server",
         "image": settings.images[serve_image_key(engine)],
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["modelyard"],
-        "args": serve_args(model, plan, model_dir),
+        "args": args if args is not None else serve_args(model, plan, model_dir),
         "ports": [{"name": "http", "containerPort": spec.serving.port, "protocol": "TCP"}],
         "env": list(BASE_ENV) + [{"name": e.name, "value": e.value} for e in spec.serving.env],
         "volumeMounts": [cache_mount(read_only=True), {"name": "dshm", "mountPath": "/dev/shm"}] + mounts,
         "securityContext": container_security(),
         "resources": {k: v for k, v in resources.items() if v},
-        **_probes(spec.serving.port),
+        **(_probes(spec.serving.port) if probes is None else probes),
     }
     pod_spec = {
         "automountServiceAccountToken": False,
@@ -119,6 +124,12 @@ def build_deployment(model: Model, settings: Settings, plan: dict, model_dir: st
         pod_spec["nodeSelector"] = dict(spec.node_selector)
     if spec.tolerations:
         pod_spec["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in spec.tolerations]
+    return pod_spec
+
+
+def build_deployment(model: Model, settings: Settings, plan: dict, model_dir: str) -> dict:
+    spec = model.spec
+    pod_spec = server_pod_spec(model, settings, plan, model_dir)
     template_hash = digest({"pod": pod_spec})
     meta = metadata(model, model.name, "server", template_hash)
     pod_labels = meta["labels"]

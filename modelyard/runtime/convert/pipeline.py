@@ -20,6 +20,7 @@ from modelyard.runtime.convert.quantize import QUANT_PRECISIONS, recipe_for
 from modelyard.runtime.convert.stream import write_weights
 from modelyard.runtime.convert.writer import MAX_SHARD_BYTES
 from modelyard.runtime.convert.verify import check_quantized, verify
+from modelyard.runtime.lease import Lease
 from modelyard.runtime.errors import ConvertError
 
 PRECISIONS = ("auto", "float32", "float16", "bfloat16", "fp8", "int8", "int4")
@@ -56,6 +57,22 @@ def convert(req: Request, log=None) -> dict:
         return summary(output, recipe, skipped=True)
     if recipe.get("note"):
         log(recipe["note"])
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with Lease(output.parent / f"{output.name}.lease", on_wait=lambda held: _waiting(held, output)):
+        if provenance.matches(provenance.read(output), recipe, found.files):  # the pod we waited for did it
+            log(f"already converted: {output} holds this recipe for these inputs")
+            return summary(output, recipe, skipped=True)
+        return _convert_locked(req, found, recipe, output, log)
+
+
+def _waiting(held: dict, output: Path) -> None:
+    """Said once per holder, as a structured line the operator shows (WaitingForSharedConvert)."""
+    print(json.dumps({"event": "waiting", "step": "convert", "reason": "WaitingForSharedConvert",
+                      "message": f"{held.get('owner') or 'another pod'} is converting into {output}; waiting for it"}),
+          file=sys.stderr, flush=True)
+
+
+def _convert_locked(req: Request, found: Detected, recipe: dict, output: Path, log) -> dict:
     partial = publish.partial_dir(output)
     hasher = provenance.Hasher(found.files, found.root)
     try:

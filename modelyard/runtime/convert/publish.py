@@ -1,7 +1,9 @@
-"""Atomic output: build in ``<output>.partial-<pid>``, rename into place only when verified.
+"""Atomic output: build in ``<output>.partial-<owner>``, rename into place only when verified.
 
-An interrupted run leaves at most a partial folder (removed by the next run when its process is
-gone), never an ``<output>`` that looks finished.
+``<owner>`` is the pod's UID (``runtime/lease.owner_id``), so two convert pods never share a
+folder (the PID is 1 in every pod). ``partial_dir`` is called under the output's lease: the
+partial folders of other owners belong to runs that lost or never held it (killed), so they go.
+An interrupted run leaves at most a partial folder, never an ``<output>`` that looks finished.
 """
 from __future__ import annotations
 
@@ -10,13 +12,14 @@ import shutil
 from pathlib import Path
 
 from modelyard.runtime.errors import ConvertError
+from modelyard.runtime.lease import owner_id
 
 
 def partial_dir(output: Path) -> Path:
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    _clean_stale(output)
-    partial = output.parent / f"{output.name}.partial-{os.getpid()}"
+    partial = output.parent / f"{output.name}.partial-{owner_id()}"
+    _clean_stale(output, partial)
     if partial.exists():
         shutil.rmtree(partial)
     partial.mkdir()
@@ -27,7 +30,7 @@ def publish(partial: Path, output: Path) -> None:
     output = Path(output)
     old = None
     if output.exists():
-        old = output.parent / f"{output.name}.old-{os.getpid()}"
+        old = output.parent / f"{output.name}.old-{owner_id()}"
         os.rename(output, old)
     try:
         os.rename(partial, output)
@@ -43,23 +46,11 @@ def discard(partial: Path) -> None:
     shutil.rmtree(partial, ignore_errors=True)
 
 
-def _clean_stale(output: Path) -> None:
+def _clean_stale(output: Path, mine: Path) -> None:
+    """Under the output's lease nobody else writes here: other owners' partial folders are orphans."""
     for p in output.parent.glob(f"{output.name}.partial-*"):
-        pid = p.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
+        if p != mine:
             shutil.rmtree(p, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def link_or_copy(src: Path, dst: Path) -> None:

@@ -1,12 +1,12 @@
 """Read safetensors shards tensor by tensor (``safe_open``), one file open at a time."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from safetensors import safe_open
 
 from modelyard.runtime.convert.source import Entry, TensorSource
+from modelyard.runtime.st_header import read_header
 from modelyard.runtime.errors import ConvertError
 
 
@@ -62,11 +62,7 @@ class SafetensorsSource(TensorSource):
 
 
 def _header(path: Path) -> tuple[dict, int]:
-    with open(path, "rb") as fh:
-        n = int.from_bytes(fh.read(8), "little")
-        header = json.loads(fh.read(n))
-    header.pop("__metadata__", None)
-    return header, 8 + n
+    return read_header(path, lambda message: ConvertError("CorruptFile", message))
 
 
 _DTYPES = {

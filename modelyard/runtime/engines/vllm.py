@@ -99,27 +99,52 @@ MIDDLEWARE = "modelyard.runtime.engines.vllm_middleware.ModelyardMiddleware"
 
 
 def serve(args) -> int:
+    from modelyard.runtime.engines import vllm_group
     from modelyard.runtime.engines.vllm_middleware import ENV
 
+    nodes = int(getattr(args, "nodes", None) or 1)
     try:
+        group = vllm_group.group_from_env(nodes, args.port) if nodes > 1 else None
         adapters = _checked_adapters(args)
         vllm_args = build_vllm_args(
             args.model, served_model_name=args.served_model_name, port=args.port,
             host=getattr(args, "host", None) or "0.0.0.0", gpus=args.gpus, precision=args.precision,
             max_model_len=args.max_model_len, adapters=adapters,
-            extra_args=list(getattr(args, "extra", None) or []), plan=_load_plan(getattr(args, "plan", None)))
+            extra_args=list(getattr(args, "extra", None) or []), plan=_load_plan(getattr(args, "plan", None)),
+            pipeline_parallel=int(getattr(args, "pipeline_parallel_size", None) or 1), nodes=nodes)
     except (AdapterError, ServeConfigError) as err:
         return _fail(err)
+    if group:
+        vllm_args += vllm_group.node_args(group, getattr(args, "master_port", None) or vllm_group.MASTER_PORT)
     env = engine_env(args.gpus)
     env[ENV] = json.dumps({"served_model_name": args.served_model_name, "model_dir": str(args.model),
                            "max_lora_rank": _max_rank(vllm_args), "adapters": sorted(adapters),
-                           "planned_gpu_bytes": getattr(args, "planned_gpu_bytes", None), "started": time.time()})
+                           "planned_gpu_bytes": getattr(args, "planned_gpu_bytes", None), "started": time.time(),
+                           "group_workers": list(group.workers) if group else []})
+    if group and not group.is_leader:
+        return _serve_worker(group, vllm_args, env, args)
     # --shutdown-timeout: on SIGTERM vLLM drains the requests in flight for up to that long
     proc = start_engine(["--shutdown-timeout", str(DRAIN_SECONDS), *vllm_args, "--middleware", MIDDLEWARE], env)
     return _supervise(proc, args)
 
 
-def _supervise(proc: subprocess.Popen, args) -> int:
+def _serve_worker(group, vllm_args: list[str], env: dict, args) -> int:
+    """Rank > 0: vLLM's headless executor, and /live + /health on --port for the probes."""
+    from modelyard.runtime.engines.vllm_group import serve_worker_health
+
+    proc = start_engine(vllm_args, env)
+    host = getattr(args, "host", None) or "0.0.0.0"
+    server = serve_worker_health(host, args.port, lambda: proc.poll() is None,
+                                 f"http://{group.leader_http}/health")
+    print(f"modelyard serve: node {group.rank} of {group.nodes} (headless worker; leader "
+          f"{group.leader_http}); /live and /health on port {args.port}", file=sys.stderr, flush=True)
+    try:
+        return _supervise(proc, args, announce=False)
+    finally:
+        server.shutdown()
+
+
+def _supervise(proc: subprocess.Popen, args, announce: bool = True) -> int:
     """Wait for vLLM; SIGTERM/SIGINT are passed on and bounded; report when it is ready."""
     stopping: list[float] = []
 
@@ -131,7 +156,8 @@ def _supervise(proc: subprocess.Popen, args) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    threading.Thread(target=_announce_ready, args=(proc, args), daemon=True).start()
+    if announce:
+        threading.Thread(target=_announce_ready, args=(proc, args), daemon=True).start()
     while proc.poll() is None:
         try:
             proc.wait(timeout=1)

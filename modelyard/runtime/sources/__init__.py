@@ -18,8 +18,9 @@ import importlib
 import os
 import time
 from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
+from modelyard.uri import redact  # noqa: F401 - the sources' one redaction (re-exported)
 from modelyard.runtime.errors import DownloadError
 
 REGISTRY = {
@@ -56,17 +57,6 @@ def backoff(attempt: int) -> None:
     """Sleep before retry ``attempt`` (exponential, base ``MODELYARD_RETRY_BACKOFF`` seconds)."""
     base = float(os.environ.get("MODELYARD_RETRY_BACKOFF", "0.5"))
     time.sleep(min(base * 2 ** attempt, 10.0))
-
-
-def redact(uri: str) -> str:
-    """The URI for logs, errors and the manifest: no password, no query (presigned URLs carry
-    their signature there)."""
-    parts = urlsplit(uri)
-    netloc = parts.netloc.rsplit("@", 1)[-1] if "@" in parts.netloc else parts.netloc
-    if "@" in parts.netloc:
-        netloc = parts.netloc.rsplit("@", 1)[0].split(":", 1)[0] + ":<redacted>@" + netloc
-    query = "<redacted>" if parts.query else ""
-    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
 def check_relpath(path: str, what: str) -> str:

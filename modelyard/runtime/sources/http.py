@@ -136,10 +136,14 @@ class HttpSource:
     def _get_into(self, part: Path, have: int, progress) -> bool:
         """One GET from byte ``have``; True when the body was read to its end."""
         headers = {"Range": f"bytes={have}-"} if have else {}
+        validator = self.head()["etag"] or self.head()["modified"]
+        if have and validator and not validator.startswith("W/"):
+            headers["If-Range"] = validator  # the rest of *this* version, or the whole new one (200)
         with self._request("GET", self.url, headers=headers, stream=True) as resp:
             if resp.status_code == 416:
                 return True
             self._check(resp, self.uri)
+            self._same_version(resp)
             mode = "ab" if have and resp.status_code == 206 else "wb"
             if mode == "wb" and have:  # the server ignored Range: start over
                 progress.skip(-have)
@@ -148,6 +152,17 @@ class HttpSource:
                     out.write(piece)
                     progress.advance(len(piece))
         return True
+
+    def _same_version(self, resp) -> None:
+        """The GET must deliver the version the HEAD described (its ETag/Digest), or bytes would mix."""
+        head = self.head()
+        etag = resp.headers.get("ETag")
+        if head["etag"] and etag and etag != head["etag"] and not etag.startswith("W/"):
+            raise DownloadError("ChecksumMismatch", f"{self.uri}: the file changed on the server during the download "
+                                f"(ETag {head['etag']} then {etag}); run again")
+        digest = _published_sha256(resp.headers)
+        if resp.status_code == 200 and digest and head["sha256"] and digest != head["sha256"]:
+            raise DownloadError("ChecksumMismatch", f"{self.uri}: the server's Digest changed during the download; run again")
 
     def unpack(self, staged: Path, staging: Path) -> list[RemoteFile] | None:
         """Unpack an archive into ``staging/.unpack``; return its files (None: not an archive)."""

@@ -52,14 +52,25 @@ class LocalSource:
                 self._files = {self.path.name: self.path}
             else:
                 self._files = {}
+                top = self.path.resolve()
                 for root, dirs, names in os.walk(self.path):
                     dirs[:] = sorted(d for d in dirs if d not in SKIP)
                     for n in sorted(names):
                         p = Path(root, n)
                         rel = p.relative_to(self.path).as_posix()
                         if rel not in SKIP and p.is_file():
-                            self._files[rel] = p
+                            self._files[rel] = self._inside(p, rel, top)
         return self._files
+
+    def _inside(self, p: Path, rel: str, top: Path) -> Path:
+        """A symlink is followed only while it stays inside the source folder."""
+        if not p.is_symlink():
+            return p
+        target = p.resolve()
+        if top != target and top not in target.parents:
+            raise DownloadError("InvalidSource", f"{self.uri}: {rel} is a symlink to {target}, outside the source folder "
+                                f"{self.path}; nothing was copied (copy the file into the folder instead)")
+        return target
 
     def needs_space(self, dest: Path) -> bool:
         """Hard links take no room: only a copy to another filesystem needs free space."""

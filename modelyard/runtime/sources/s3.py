@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -58,6 +59,7 @@ class S3Source:
         self.chunk = int(os.environ.get("MODELYARD_S3_CHUNK_MB", "8")) << 20
         self.client = make_client(self.workers)
         self._objects: list[dict] | None = None
+        self.etags: dict[str, str | None] = {}
 
     def _list(self) -> list[dict]:
         if self._objects is None:
@@ -92,6 +94,7 @@ class S3Source:
                 shas = dict(zip(ask, pool.map(self._sha256, ask)))
         except Exception as exc:  # noqa: BLE001
             raise self._map(exc) from None
+        self.etags = {o["Key"]: o.get("ETag") for o in objects}
         return [RemoteFile(check_relpath(o["Key"][start:], self.uri), o["Size"], shas.get(o["Key"]))
                 for o in objects]
 
@@ -129,6 +132,9 @@ class S3Source:
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             if code in AUTH_CODES or status in (401, 403):
                 return DownloadError("Unauthorized", f"{self.uri}: access denied ({code}); {KEY_HINT}")
+            if code in ("PreconditionFailed", "412") or status == 412:
+                return DownloadError("ChecksumMismatch", f"{self.uri}: an object changed on the server during the "
+                                     "download (ETag no longer matches); run again to fetch the new version")
             if code in ("NoSuchBucket", "NoSuchKey", "404"):
                 return DownloadError("RepositoryNotFound", f"{self.uri}: {code}; check the bucket and prefix")
         return exc
@@ -140,6 +146,7 @@ class _FileJob:
     def __init__(self, src: S3Source, f: RemoteFile, staging: Path, progress):
         self.src, self.f, self.progress = src, f, progress
         self.key = f"{src.prefix}/{f.path}" if src.prefix else f.path
+        self.etag = src.etags.get(self.key)  # every range asks for this version (If-Match)
         self.final = staging / f.path
         self.part = self.final.with_name(self.final.name + ".incomplete")
         self.journal = self.final.with_name(self.final.name + ".chunks")
@@ -175,8 +182,9 @@ class _FileJob:
         pos, attempt = start, 0
         while pos <= end:
             try:
+                match = {"IfMatch": self.etag} if self.etag else {}
                 body = self.src.client.get_object(Bucket=self.src.bucket, Key=self.key,
-                                                  Range=f"bytes={pos}-{end}")["Body"]
+                                                  Range=f"bytes={pos}-{end}", **match)["Body"]
                 for piece in body.iter_chunks(PIECE):
                     os.pwrite(self.fd, piece, pos)
                     pos += len(piece)
@@ -200,13 +208,30 @@ class _FileJob:
                 self._finish()
 
     def _finish(self) -> None:
+        os.fsync(self.fd)
         os.close(self.fd)
         self.fd = None
+        self._check_etag()
         os.replace(self.part, self.final)
         if self.jfd is not None:
             os.close(self.jfd)
             self.jfd = None
         self.journal.unlink(missing_ok=True)
+
+    def _check_etag(self) -> None:
+        """A single-part object's ETag is the MD5 of its bytes: checked when no SHA-256 is published."""
+        etag = (self.etag or "").strip('"')
+        if self.f.sha256 or not re.fullmatch(r"[0-9a-f]{32}", etag):
+            return  # multipart ETags ("...-N") and SSE-KMS ones are not an MD5 of the content
+        h = hashlib.md5(usedforsecurity=False)
+        with open(self.part, "rb") as fh:
+            while chunk := fh.read(8 << 20):
+                h.update(chunk)
+        if h.hexdigest() != etag:
+            self.part.unlink(missing_ok=True)
+            self.journal.unlink(missing_ok=True)
+            raise DownloadError("ChecksumMismatch", f"{self.src.uri}: {self.f.path}: MD5 {h.hexdigest()} does not match "
+                                f"the object's ETag {etag}; the partial file was removed, run again")
 
     def close(self) -> None:
         for fd in (self.fd, self.jfd):
