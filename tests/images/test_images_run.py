@@ -9,6 +9,10 @@ import pytest
 from modelyard import __version__
 from tests.images.conftest import RUNNER, names, run
 
+# The first test also waits for the `images` fixture: a build after a code change can take
+# longer than the suite-wide 600 s here (`make images-test` builds first, so it is cached then).
+pytestmark = pytest.mark.timeout(3600)
+
 SHELL_CHECK = (
     "id -u; id -g; "
     "for t in gcc cc g++ make git; do command -v $t && echo BUILD-TOOL:$t; done; "

@@ -5,6 +5,8 @@ Each runs as UID 1000 with a read-only root filesystem and host networking (test
 """
 from __future__ import annotations
 
+import pytest
+
 import hashlib
 import json
 import os
@@ -16,6 +18,10 @@ from modelyard.runtime.tiny import make_tiny_llama
 from tests.images.conftest import chown_1000, container, run, wait_http
 from tests.integration.play import model
 from tests.runtime.servers import free_port, start_http, start_seaweedfs
+
+# The first test also waits for the `images` fixture: a build after a code change can take
+# longer than the suite-wide 600 s here (`make images-test` builds first, so it is cached then).
+pytestmark = pytest.mark.timeout(3600)
 
 
 def _digests(folder: Path) -> dict[str, str]:
