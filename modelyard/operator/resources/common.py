@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from modelyard import __version__
 from modelyard.api import API_VERSION, KIND, Model
 
 NAME_LABEL = "app.kubernetes.io/name"
@@ -15,21 +16,33 @@ MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 SPEC_HASH = "modelyard.io/spec-hash"
 CACHE_MOUNT = "/cache"
 RUNTIME_UID = 1000
+# The images the operator puts into pods, by the stem of their images/<name>.Dockerfile (`make
+# images` builds one image per Dockerfile as <registry>/<name>:<package version>). The chart's
+# values (config.images.<key>) use the same names, camelCased; tests/unit/test_image_names.py
+# proves the three agree. A serving engine's image is serve-<engine>.
+IMAGE_REGISTRY = "ghcr.io/modelyard"
+STEP_IMAGES = ("download", "convert", "serve-vllm", "serve-accelerate", "serve-onnxruntime")
+
+
+def image_key(name: str) -> str:
+    """Settings/chart key of an image: ``serve-vllm`` -> ``serveVllm``."""
+    first, *rest = name.split("-")
+    return first + "".join(part.capitalize() for part in rest)
+
+
+def serve_image_key(engine: str) -> str:
+    return image_key(f"serve-{engine}")
+
+
+def default_images() -> dict[str, str]:
+    return {image_key(name): f"{IMAGE_REGISTRY}/{name}:{__version__}" for name in STEP_IMAGES}
 
 
 @dataclass(frozen=True)
 class Settings:
     """Operator configuration (from the chart's ConfigMap, MODELYARD_CONFIG)."""
 
-    images: dict[str, str] = field(
-        default_factory=lambda: {
-            "download": "ghcr.io/modelyard/runtime:0.1.0",
-            "convert": "ghcr.io/modelyard/convert:0.1.0",
-            "serveVllm": "ghcr.io/modelyard/serve-vllm:0.1.0",
-            "serveAccelerate": "ghcr.io/modelyard/serve-accelerate:0.1.0",
-            "serveOnnxruntime": "ghcr.io/modelyard/serve-onnxruntime:0.1.0",
-        }
-    )
+    images: dict[str, str] = field(default_factory=default_images)
     profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
     default_storage_class: str | None = None
     image_pull_policy: str = "IfNotPresent"

@@ -16,6 +16,7 @@ from modelyard.operator.resources.common import (
     pod_security,
     scratch_volumes,
     selector,
+    serve_image_key,
 )
 from modelyard.operator.resources.download import adapter_dir
 
@@ -49,7 +50,6 @@ def endpoint(model: Model) -> str:
     return f"http://{model.name}.{model.namespace}.svc:{model.spec.serving.port}/v1"
 
 
-IMAGE_KEYS = {"vllm": "serveVllm", "accelerate": "serveAccelerate", "onnxruntime": "serveOnnxruntime"}
 
 
 def serving_engine(model: Model, plan: dict) -> str:
@@ -135,7 +135,7 @@ def server_pod_spec(model: Model, settings: Settings, plan: dict, model_dir: str
         resources["requests"][spec.gpu_resource] = str(gpus)
     container = {
         "name": "server",
-        "image": settings.images[IMAGE_KEYS[engine]],
+        "image": settings.images[serve_image_key(engine)],
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["modelyard"],
         "args": args if args is not None else serve_args(model, plan, model_dir),
