@@ -171,6 +171,7 @@ def test_operator_reads_images_profiles_and_cache_from_the_config_map(tmp_path):
         "convert": "ghcr.io/modelyard/convert:0.1.0",
         "serveVllm": "ghcr.io/modelyard/serve-vllm:0.1.0",
         "serveAccelerate": "ghcr.io/modelyard/serve-accelerate:0.1.0",
+        "serveOnnxruntime": "ghcr.io/modelyard/serve-onnxruntime:0.1.0",
     }
     # No StorageClass configured: the key is absent, so PVCs get the cluster default
     # (storageClassName "" would disable dynamic provisioning).
