@@ -172,3 +172,61 @@ def test_client_gone_mid_stream_frees_the_model_and_is_counted_499(server):
     generated = sample(after, "modelyard_generation_tokens_total", model="tiny") - \
         sample(before, "modelyard_generation_tokens_total", model="tiny") - 4
     assert 1 <= generated < 100
+
+
+def _wait_for_metric(url: str, name: str, want: float, timeout: float = 60, **labels) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        now = scrape(url)
+        if sample(now, name, **labels) == want:
+            return now
+        assert time.monotonic() < deadline, f"{name}{labels} never reached {want} (last {sample(now, name, **labels)})"
+        time.sleep(0.2)
+
+
+def test_client_gone_before_a_plain_answer_cancels_its_generation_and_is_counted_499(server):
+    """Non-streaming: a client that hangs up while its answer is being generated stops the
+    generation (the request ends as 499, not as a 200 nobody reads)."""
+    before = scrape(server.url)
+    long = {"model": "tiny", "prompt": "Hello", "max_tokens": 1800, "temperature": 0}
+
+    async def hang_up():
+        async with httpx.AsyncClient(base_url=server.url, timeout=300) as client:
+            tasks = [asyncio.ensure_future(client.post("/v1/completions", json=long)) for _ in range(3)]
+            await asyncio.to_thread(_wait_for_metric, server.url, "modelyard_requests_in_flight", 3)
+            for t in tasks:
+                t.cancel()  # closes each request's connection
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    asyncio.run(hang_up())
+    after = _wait_for_metric(server.url, "modelyard_requests_in_flight", 0, timeout=120)
+    ended = {code: sample(after, "modelyard_requests_total", model="tiny", endpoint="completions", code=code)
+             - sample(before, "modelyard_requests_total", model="tiny", endpoint="completions", code=code)
+             for code in ("200", "499")}
+    assert ended == {"200": 0, "499": 3}, ended
+    generated = sample(after, "modelyard_generation_tokens_total", model="tiny") - \
+        sample(before, "modelyard_generation_tokens_total", model="tiny")
+    assert generated < 3 * 1800 / 4, f"{generated} tokens: the abandoned generations ran on"
+
+
+def test_health_answers_while_a_huge_prompt_is_tokenized(server):
+    """Tokenization runs off the event loop: /health (the liveness probe) keeps answering fast
+    while a prompt of ~3 MB is tokenized (then refused: it is longer than the context)."""
+    huge = " ".join(f"w{i}" for i in range(400_000))
+
+    async def run():
+        async with httpx.AsyncClient(base_url=server.url, timeout=300) as client:
+            big = asyncio.ensure_future(client.post("/v1/completions", json={"model": "tiny", "prompt": huge, "max_tokens": 1}))
+            polls = []
+            while not big.done():
+                t0 = time.perf_counter()
+                r = await client.get("/health", timeout=5)
+                polls.append((r.status_code, time.perf_counter() - t0))
+                await asyncio.sleep(0.1)
+            return await big, polls
+
+    resp, polls = asyncio.run(run())
+    assert resp.status_code == 400 and resp.json()["error"]["param"] in ("prompt", "messages"), resp.text
+    assert len(polls) >= 3, f"the huge prompt was tokenized too fast to prove anything ({len(polls)} polls)"
+    assert all(code == 200 for code, _ in polls)
+    assert max(s for _, s in polls) < 1.0, f"/health stalled {max(s for _, s in polls):.2f} s during tokenization"
