@@ -40,11 +40,11 @@ def project(tmp_path_factory):
 
 
 class Up:
-    def __init__(self, project, yaml: str, workdir):
+    def __init__(self, project, yaml: str, workdir, extra: tuple[str, ...] = ()):
         self.port = free_port()
         self.lines: list[str] = []
         self.proc = subprocess.Popen([MODELYARD, "up", "-f", str(project / yaml), "--port", str(self.port),
-                                      "--workdir", str(workdir)], stdout=subprocess.PIPE,
+                                      "--workdir", str(workdir), *extra], stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True, start_new_session=True)
         threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True).start()
 
@@ -180,3 +180,35 @@ def test_an_unusable_api_key_file_is_named_before_anything_runs(tmp_path):
                         "--workdir", str(tmp_path / "w")], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "--api-key-file" in r.stderr and "holds no key" in r.stderr
     assert not (tmp_path / "w").exists()
+
+
+def test_up_with_keys_and_chat_serves_a_locked_endpoint_and_a_chat_page(project, tmp_path):
+    keys = tmp_path / "keys"
+    keys.write_text("sk-up-chat-5d1e\n")
+    chat_port = free_port()
+    up = Up(project, "deploy/tiny.yaml", project / "work", ("--api-key-file", str(keys), "--chat", "--chat-port", str(chat_port)))
+    try:
+        up.wait_healthy()
+        body = {"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+        url = f"http://127.0.0.1:{up.port}/v1/chat/completions"
+        assert httpx.post(url, json=body, timeout=60).status_code == 401
+        assert httpx.post(url, json=body, timeout=60, headers={"Authorization": "Bearer sk-up-chat-5d1e"}).status_code == 200
+        up.wait_output(f"127.0.0.1:{chat_port}", timeout=120)
+        deadline = time.monotonic() + 120
+        while True:  # gradio starts after the endpoint
+            try:
+                page = httpx.get(f"http://127.0.0.1:{chat_port}/", timeout=5)
+                if page.status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, up.output
+            time.sleep(0.5)
+        assert "gradio" in page.text.lower()
+        assert "sk-up-chat-5d1e" not in up.output and "sk-up-chat-5d1e" not in page.text
+        rc, children = up.interrupt()
+        assert rc == 0, up.output
+        assert _gone(children), [p.cmdline() for p in children if p.is_running()]
+    finally:
+        if up.proc.poll() is None:
+            up.proc.kill()
