@@ -118,7 +118,7 @@ class Guard:
                 return  # the client went away
             if path == LOAD and (refusal := self._undeclared(body)):
                 return await send_error(send, 403, refusal)
-            receive = _replay(body, receive)
+            receive = replay(body, receive)
         if scope["method"] == "POST" and path in GENERATION:
             return await self._admitted(scope, receive, send)
         return await self.app(scope, receive, send)
@@ -185,7 +185,8 @@ async def _drain(receive, most: int) -> None:
             return
 
 
-def _replay(body: bytes, receive):
+def replay(body: bytes, receive):
+    """A ``receive`` that yields ``body`` once, then the client's own messages (disconnects)."""
     sent = False
 
     async def replayed():

@@ -25,7 +25,7 @@ import os
 import time
 
 from modelyard.runtime.engines import vllm_fields
-from modelyard.runtime.guard import Guard, GuardConfig
+from modelyard.runtime.guard import Guard, GuardConfig, replay as _replay
 from modelyard.runtime.metrics import CONTENT_TYPE, ServingMetrics
 
 ENV = "MODELYARD_VLLM"
@@ -58,20 +58,6 @@ async def _read_body(receive) -> bytes | None:
         chunks.append(msg.get("body", b""))
         if not msg.get("more_body"):
             return b"".join(chunks)
-
-
-def _replay(body: bytes, receive):
-    """A ``receive`` that yields ``body`` once, then the client's own messages (disconnects)."""
-    sent = False
-
-    async def replayed():
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replayed
 
 
 def _with_headers(scope, drop: set[bytes], add: dict[bytes, bytes] | None = None) -> dict:
