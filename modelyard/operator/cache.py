@@ -6,13 +6,15 @@ its watch event arrives; an event that is older than what we hold (lower resourc
 ignored. Staleness is safe: reconcile is level-based and "already exists" / "already gone" are
 success.
 
-What is kept is what reconcile reads: a Job's metadata (spec-hash annotation, uid, owner) and
-status, not its pod template, which is most of its size (memory per Model: the operator
-benchmark in docs/benchmarks.md).
+What is kept is what reconcile reads (compact.py): e.g. a Job's metadata (spec-hash annotation,
+uid, owner) and status, not its pod template, nor any object's managedFields, and with the strings
+all objects repeat shared (memory per Model: the operator benchmark in docs/benchmarks.md).
 """
 from __future__ import annotations
 
 import threading
+
+from modelyard.operator.compact import compact
 
 
 def _rv(obj: dict | None) -> int:
@@ -20,13 +22,6 @@ def _rv(obj: dict | None) -> int:
         return int(((obj or {}).get("metadata") or {}).get("resourceVersion") or 0)
     except ValueError:  # opaque on a real server: only compare when numeric
         return 0
-
-
-def _slim(kind: str, obj: dict) -> dict:
-    """The part of an object reconcile reads (a Job without its pod template)."""
-    if kind != "Job" or "template" not in (obj.get("spec") or {}):
-        return obj
-    return {**obj, "spec": {k: v for k, v in obj["spec"].items() if k != "template"}}
 
 
 class Cache:
@@ -50,7 +45,7 @@ class Cache:
                 return False  # the write we already recorded, or an older event
             if _rv(obj) and _rv(obj) <= self._deleted.get(key, 0):
                 return False
-            self._objects[key] = _slim(kind, obj)
+            self._objects[key] = compact(kind, obj)
             self._deleted.pop(key, None)
             return True
 

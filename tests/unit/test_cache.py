@@ -33,3 +33,30 @@ def test_list_by_namespace_and_labels():
     cache.put("Pod", obj("p2", 2, app="x", role="download"))
     assert [p["metadata"]["name"] for p in cache.list("Pod", "ns", {"role": "server"})] == ["p1"]
     assert cache.list("Pod", "other", {}) == []
+
+
+def test_kept_copy_drops_what_reconcile_never_reads_and_shares_strings():
+    import json
+
+    raw = json.dumps({"metadata": {"name": "a-download", "namespace": "ns", "resourceVersion": "3",
+                                   "labels": {"app.kubernetes.io/instance": "a"},
+                                   "annotations": {"modelyard.io/spec-hash": "abc",
+                                                   "kubectl.kubernetes.io/last-applied-configuration": "{...}"},
+                                   "managedFields": [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}]},
+                      "spec": {"backoffLimit": 3, "template": {"spec": {"containers": []}}},
+                      "status": {"conditions": [{"type": "Complete", "status": "True"}]}})
+    first, second = json.loads(raw), json.loads(raw.replace('"3"', '"4"'))
+    cache = Cache()
+    cache.put("Job", first)
+    held = cache.get("Job", "ns", "a-download")
+    assert "managedFields" not in held["metadata"]
+    assert held["metadata"]["annotations"] == {"modelyard.io/spec-hash": "abc"}
+    assert held["spec"] == {"backoffLimit": 3}
+    assert held["status"] == first["status"] and held["status"] is not first["status"]  # the event's body is let go
+    assert "managedFields" in first["metadata"]  # the caller's object is left as it was
+    cache.put("Job", second)
+    again = cache.get("Job", "ns", "a-download")
+    assert again["metadata"]["resourceVersion"] == "4"
+    key = next(k for k in again["metadata"]["labels"])
+    assert key is next(k for k in held["metadata"]["labels"])  # one string for every object's keys
+    assert again["status"]["conditions"][0]["status"] is held["status"]["conditions"][0]["status"]
