@@ -72,7 +72,12 @@ def test_health_is_refused_then_503_model_loading_then_200(server):
     assert health[-1] == 200 and health.count(200) == 1, seen
     assert 503 in health, f"never saw the placeholder's 503 while vLLM loaded: {seen}"
     first_503 = health.index(503)
-    assert set(health[:first_503]) <= {0} and set(health[first_503:-1]) == {503}, seen
+    # At most one poll may go unanswered, and only at the hand-over (the last poll before 200):
+    # the placeholder stops when vLLM's app reports its startup, and on a loaded 2-core machine
+    # vLLM's own loop can take longer than the 10 s poll timeout to accept that connection. A hang
+    # anywhere else (the placeholder stalled while the model loads) still fails.
+    loading = health[first_503:-2] if health[-2] == -1 else health[first_503:-1]
+    assert set(health[:first_503]) <= {0} and set(loading) == {503}, seen
     assert server.loading_body["error"]["code"] == "model_loading"
     assert "retry when GET /health answers 200" in server.loading_body["error"]["message"]
 

@@ -62,8 +62,8 @@ class Placeholder:
     async def _shutdown(self) -> None:
         self.server.close()  # stop accepting; closes our socket (vLLM's original keeps listening)
         answering = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        if answering:  # connections already accepted still get their 503
-            await asyncio.wait(answering, timeout=5)
+        if answering:  # connections already accepted still get their 503 (each is bounded by its 10 s read)
+            await asyncio.wait(answering)
         self.loop.stop()
 
     def start(self) -> "Placeholder":
