@@ -1,3 +1,17 @@
 # --- Kubernetes API emulator fixtures (tests/k8s/fixtures.py) ---
 from tests.k8s.fixtures import k8s, k8s_crds, k8s_server, kubeconfig, namespace  # noqa: F401
 # --- end Kubernetes API emulator fixtures ---
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """A non-daemon thread left running makes the interpreter wait for it after the summary, with no
+    output, until CI's limit: name such threads now, and past 120 s of exiting print every thread's
+    stack and exit 1 instead of hanging."""
+    import faulthandler
+    import sys
+    import threading
+
+    left = [t.name for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+    if left:
+        print(f"\nnon-daemon threads still running at the end of the session: {left}", file=sys.stderr)
+    faulthandler.dump_traceback_later(120, exit=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -65,12 +66,19 @@ class Server:
         raise AssertionError(f"modelyard serve not healthy after {timeout}s:\n{self.log.read_text()}")
 
     def stop(self) -> None:
+        """SIGTERM, as the kubelet sends it: the server must exit by itself, promptly, with 0 or by
+        the signal itself (uvicorn shuts down gracefully, then re-raises SIGTERM: exit code 143 in
+        a pod). A thread left running would keep a pod in Terminating for its grace period."""
+        if self.proc.poll() is not None:
+            return
         self.proc.terminate()
         try:
-            self.proc.wait(timeout=20)
+            code = self.proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+            raise AssertionError(f"modelyard serve still running 20 s after SIGTERM:\n{self.log.read_text()[-3000:]}")
+        assert code in (0, -signal.SIGTERM), f"modelyard serve exited with {code} on SIGTERM:\n{self.log.read_text()[-3000:]}"
 
 
 def scrape(url: str) -> dict[tuple, float]:

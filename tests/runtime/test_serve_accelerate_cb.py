@@ -8,6 +8,9 @@ default init greedy decoding repeats one token and equal outputs would prove not
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
+import textwrap
 import json
 
 import httpx
@@ -102,6 +105,22 @@ def test_forced_offload_falls_back_to_static_batching(files, tmp_path):
 
     with pytest.raises(BatchingConfigError, match="--batching continuous cannot apply: weights are split"):
         _engine(files["base"], "continuous", **kwargs)
+
+
+def test_a_process_whose_manager_is_running_still_exits(files):
+    """transformers' manager thread is not a daemon: a server told to stop (or any process that
+    never calls close()) used to wait on it forever after its last line."""
+    code = textwrap.dedent(f"""
+        import torch
+        from modelyard.runtime.engines.accelerate import AccelerateEngine
+        engine = AccelerateEngine({str(files["base"])!r}, "tiny", {{"dtype": torch.float32, "device_map": "cpu"}},
+                                  adapters={{}}, batching="continuous")
+        engine.load()
+        print("batching", engine.batching, engine._cb.manager.is_running(), flush=True)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "batching continuous True" in done.stdout
 
 
 # -- through a real server ---------------------------------------------------------------------

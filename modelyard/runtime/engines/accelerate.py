@@ -156,6 +156,12 @@ class AccelerateEngine:
 
         self._cb, self.batching, self.batching_reason = accelerate_cb.start(self, self.batching_requested)
 
+    def close(self) -> None:
+        """Stop the continuous-batching manager (the server calls this when it stops)."""
+        cb, self._cb = self._cb, None
+        if cb is not None:
+            cb.close()
+
     def _base(self):
         return self.model.get_base_model() if self._adapters else self.model
 

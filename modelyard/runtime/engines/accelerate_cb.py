@@ -33,6 +33,7 @@ import contextlib
 import dataclasses
 import itertools
 import sys
+import threading
 import time
 
 from modelyard.runtime.engines.accelerate_admit import STATIC, Admission
@@ -302,6 +303,16 @@ def _probe(manager, prompt: list[int], timeout: float = 120) -> str | None:
     return out.error
 
 
+def start_daemon(manager) -> None:
+    """``manager.start()`` on a daemon thread. The library's thread is not a daemon, so a process
+    that never calls ``stop`` (a server told to exit, a test that forgets) would wait on it forever
+    at interpreter exit; ``close()`` still stops it cleanly when the server shuts down."""
+    manager.background_thread_status.clear()
+    manager._generation_thread = threading.Thread(target=manager._run_generation_loop,
+                                                  name="continuous-batching", daemon=True)
+    manager._generation_thread.start()
+
+
 def start(engine, mode: str) -> tuple[ContinuousBatcher | None, str, str]:
     """(batcher or None, mode, reason). ``mode``: auto | continuous | static."""
     if mode == STATIC_MODE:
@@ -314,7 +325,7 @@ def start(engine, mode: str) -> tuple[ContinuousBatcher | None, str, str]:
             manager = model.init_continuous_batching(generation_config=_generation_config(model, eos_ids(engine)),
                                                      continuous_batching_config=cb_config(model))
             greedy_fast_path(manager)
-            manager.start()
+            start_daemon(manager)
             reason = _probe(manager, engine.encode_prompt("Hello") or [0])
             if reason is None:
                 batcher = ContinuousBatcher(engine, manager)

@@ -46,5 +46,10 @@ def run(engine, metrics: ServingMetrics, load: Callable[[], None], host: str, po
               f"on http://{host}:{port}/v1", file=sys.stderr, flush=True)
 
     threading.Thread(target=loader, name="model-loader", daemon=True).start()
-    server.run()
+    try:
+        server.run()
+    finally:
+        close = getattr(engine, "close", None)
+        if close is not None:
+            close()
     return 1 if state.error else 0
