@@ -1,11 +1,10 @@
 """The gateway's own small view of the cluster (it never imports the operator): Models, their
-EndpointSlices and their Deployments' ``scale`` subresource, read every ``interval_s`` with the
-kubernetes client; and ``ScaleBackend``, which writes ``deployments/scale``.
+EndpointSlices and their Deployments, each listed once and then watched (``informer.Informer``,
+re-listed every ``resync_s``); ``ScaleBackend``, which writes ``deployments/scale``; and the Models'
+API keys, read from their Secrets.
 
-It lists rather than watches: a list per second is cheap at the scale of one gateway, and it
-never misses an event between a watch's replay and its subscription. Routes come and go with the
-Models' phase: a Model is routable when ``status.phase`` is Ready (a Model scaled to zero by the
-gateway stays Ready, with reason ScaledToZero).
+Routes come and go with the Models' phase: a Model is routable when ``status.phase`` is Ready (a
+Model scaled to zero by the gateway stays Ready, with reason ScaledToZero).
 """
 from __future__ import annotations
 
@@ -24,6 +23,7 @@ from modelyard.gateway.registry import Replica, Route
 
 log = logging.getLogger("modelyard.gateway")
 SERVICE_LABEL = "kubernetes.io/service-name"
+SERVER_SELECTOR = "app.kubernetes.io/component=server"  # the operator's serving Deployments
 
 
 def route_from_model(obj: dict) -> Route | None:
@@ -70,24 +70,25 @@ class Cluster:
         self.core = kubernetes.client.CoreV1Api(api_client)
         self.api = api_client
 
-    def models(self) -> list[dict]:
+    def informers(self, on_change, resync_s: float = 60.0) -> dict:
+        """Unstarted informers for Models, EndpointSlices and serving Deployments (``Informer.start``)."""
+        from modelyard.gateway.informer import Informer
+
         if self.ns:
-            return self.custom.list_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL)["items"]
-        return self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)["items"]
-
-    def slices(self, ns: str, name: str) -> list[dict]:
-        got = self.disc.list_namespaced_endpoint_slice(ns, label_selector=f"{SERVICE_LABEL}={name}")
-        return [self.api.sanitize_for_serialization(s) for s in got.items]
-
-    def replicas(self, ns: str, name: str) -> int | None:
-        import kubernetes
-
-        try:
-            return self.apps.read_namespaced_deployment_scale(name, ns).spec.replicas
-        except kubernetes.client.ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
+            models = (self.custom.list_namespaced_custom_object, {"group": GROUP, "version": VERSION,
+                                                                   "namespace": self.ns, "plural": PLURAL})
+            slices = (self.disc.list_namespaced_endpoint_slice, {"namespace": self.ns})
+            deployments = (self.apps.list_namespaced_deployment, {"namespace": self.ns})
+        else:
+            models = (self.custom.list_cluster_custom_object, {"group": GROUP, "version": VERSION, "plural": PLURAL})
+            slices = (self.disc.list_endpoint_slice_for_all_namespaces, {})
+            deployments = (self.apps.list_deployment_for_all_namespaces, {})
+        return {
+            "models": Informer("models", models[0], on_change, resync_s, **models[1]),
+            "slices": Informer("endpointslices", slices[0], on_change, resync_s, label_selector=SERVICE_LABEL, **slices[1]),
+            "deployments": Informer("deployments", deployments[0], on_change, resync_s,
+                                    label_selector=SERVER_SELECTOR, **deployments[1]),
+        }
 
     def scale(self, ns: str, name: str, replicas: int) -> None:
         self.apps.patch_namespaced_deployment_scale(name, ns, {"spec": {"replicas": replicas}})
@@ -140,7 +141,7 @@ class KeyFiles:
         return self.files[(ns, name)]
 
 
-def connect(registry, namespace: str | None, interval_s: float = 1.0):
+def connect(registry, namespace: str | None, resync_s: float = 60.0):
     """(backend, watch factory) for ``serve.run`` from the in-cluster config (or $KUBECONFIG)."""
     import kubernetes
 
@@ -151,4 +152,4 @@ def connect(registry, namespace: str | None, interval_s: float = 1.0):
     except kubernetes.config.ConfigException:
         kubernetes.config.load_kube_config()
     cluster = Cluster(kubernetes.client.ApiClient(), namespace)
-    return ScaleBackend(cluster), lambda on_change: watch.run(registry, cluster, on_change, interval_s)
+    return ScaleBackend(cluster), lambda on_change: watch.run(registry, cluster, on_change, resync_s)

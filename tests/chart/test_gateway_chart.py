@@ -45,6 +45,8 @@ def test_gateway_rbac_reads_and_writes_only_deployments_scale():
     writes = {"create", "update", "patch", "delete", "deletecollection"}
     written = [r for r in role["rules"] if writes & set(r["verbs"])]
     assert [(r["apiGroups"], r["resources"]) for r in written] == [(["apps"], ["deployments/scale"])]
+    watched = sorted(r["resources"][0] for r in role["rules"] if r["verbs"] == ["get", "list", "watch"])
+    assert watched == ["deployments", "endpointslices", "models"]  # the informers' list + watch
     secrets = [r for r in role["rules"] if "secrets" in r["resources"]]
     assert [r["verbs"] for r in secrets] == [["get"]]
     no_secrets = next(o for o in _gateway_objects(render([GATEWAY], sets=("gateway.readSecrets=false",)))

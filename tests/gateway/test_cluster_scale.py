@@ -32,7 +32,7 @@ def model(ns: str) -> dict:
 
 def deployment(ns: str) -> dict:
     labels = {"app.kubernetes.io/instance": "tiny", "app.kubernetes.io/component": "server"}
-    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "tiny", "namespace": ns},
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "tiny", "namespace": ns, "labels": labels},
             "spec": {"replicas": 0, "selector": {"matchLabels": labels},
                      "template": {"metadata": {"labels": labels}, "spec": {"containers": [{"name": "server", "image": "x"}]}}}}
 

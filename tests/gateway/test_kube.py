@@ -1,6 +1,7 @@
-"""The gateway's view of the cluster against the Kubernetes API emulator: routes only for Ready
-Models, replicas from ready EndpointSlice endpoints, the count from deployments/scale, API keys
-copied from a Secret into the shared key-file reader (rotation included)."""
+"""The gateway's view of the cluster against the Kubernetes API emulator: Models, EndpointSlices and
+Deployments listed once and then watched; routes only for Ready Models, replicas from ready
+EndpointSlice endpoints, the count from the Deployment (written through deployments/scale), API
+keys copied from a Secret into the shared key-file reader (rotation included)."""
 from __future__ import annotations
 
 import base64
@@ -28,14 +29,31 @@ def endpoint_slice(ns: str, name: str, port: int, ready: dict[str, bool]) -> dic
             "endpoints": [{"addresses": [ip], "conditions": {"ready": ok}} for ip, ok in ready.items()]}
 
 
-def test_routes_follow_ready_models_endpoints_and_scale(k8s, namespace, cluster):
+@pytest.fixture
+def stores(cluster):
+    events = []
+    informers = cluster.informers(lambda: events.append(1), resync_s=300)
+    for informer in informers.values():
+        informer.start()
+    for informer in informers.values():
+        assert informer.synced.wait(10)
+    informers["events"] = events
+    yield informers
+    for name, informer in informers.items():
+        if name != "events":
+            informer.stop()
+
+
+def test_routes_follow_ready_models_endpoints_and_scale(k8s, namespace, cluster, stores):
+    events = stores.pop("events")
     k8s.create(model(namespace))
     k8s.create(deployment(namespace))
     k8s.create(endpoint_slice(namespace, "tiny", 8000, {"10.0.0.1": True, "10.0.0.2": False}))
+    k8s.wait_for(lambda: len(events) >= 4, message="the three creations watched")
     registry = Registry()
-    assert read(cluster, KeyFiles()) == {}  # not Ready yet: not routed
+    assert read(stores, cluster, KeyFiles()) == {}  # not Ready yet: not routed
     k8s.patch_status("Model", namespace, "tiny", {"phase": "Ready"})
-    snapshot = read(cluster, KeyFiles())
+    snapshot = k8s.wait_for(lambda: read(stores, cluster, KeyFiles()), message="the Ready Model routed")
     route, addrs, replicas = snapshot["tiny"]
     assert (addrs, replicas) == (["http://10.0.0.1:8000"], 0)
     assert route.autoscaled and route.policy.max_replicas == 2 and route.namespace == namespace
@@ -45,11 +63,32 @@ def test_routes_follow_ready_models_endpoints_and_scale(k8s, namespace, cluster)
     import asyncio
     asyncio.run(ScaleBackend(cluster).scale(registry.routes["tiny"], 2))
     assert k8s.get("Deployment", namespace, "tiny")["spec"]["replicas"] == 2
-    assert read(cluster, KeyFiles())["tiny"][2] == 2
+    k8s.wait_for(lambda: read(stores, cluster, KeyFiles())["tiny"][2] == 2, message="the scale watched")
+    k8s.patch("EndpointSlice", namespace, "tiny-8000", {"endpoints": [
+        {"addresses": [ip], "conditions": {"ready": True}} for ip in ("10.0.0.1", "10.0.0.2")]})
+    k8s.wait_for(lambda: read(stores, cluster, KeyFiles())["tiny"][1] == ["http://10.0.0.1:8000", "http://10.0.0.2:8000"],
+                 message="the second endpoint ready")
 
     k8s.patch_status("Model", namespace, "tiny", {"phase": "Failed"})
-    apply(registry, read(cluster, KeyFiles()))
+    k8s.wait_for(lambda: read(stores, cluster, KeyFiles()) == {}, message="the failed Model unrouted")
+    apply(registry, read(stores, cluster, KeyFiles()))
     assert registry.routes == {}
+    # every change came through the watches: nothing was listed again
+    assert {name: i.lists for name, i in stores.items()} == {"models": 1, "slices": 1, "deployments": 1}
+
+
+def test_a_watch_that_ends_is_followed_by_a_fresh_list(k8s, namespace, cluster):
+    events = []
+    informer = cluster.informers(lambda: events.append(1), resync_s=1)["models"].start()
+    try:
+        assert informer.synced.wait(10)
+        k8s.create(model(namespace))
+        k8s.wait_for(lambda: informer.lists >= 3, timeout=15, message="relists after each watch timeout")
+        assert [o["metadata"]["name"] for o in informer.items()] == ["tiny"]
+        k8s.delete("Model", namespace, "tiny")
+        k8s.wait_for(lambda: informer.items() == [], message="the deletion watched")
+    finally:
+        informer.stop()
 
 
 def test_api_keys_come_from_the_models_secret_and_rotate(k8s, namespace, cluster):
