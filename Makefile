@@ -38,7 +38,7 @@ help: ## List the targets
 $(VENV)/.done: pyproject.toml requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -c requirements/constraints.txt -e '.[runtime,convert,dev,ui]'
+	$(PIP) install -q -c requirements/constraints.txt -e '.[runtime,convert,gateway,dev,ui]'
 	touch $@
 
 venv: $(VENV)/.done ## Create .venv with modelyard, the ML stack, llmcompressor and test tools

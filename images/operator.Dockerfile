@@ -1,5 +1,6 @@
 # syntax=docker/dockerfile:1.7
-# modelyard operator: `modelyard operator` (kopf). Core dependencies only: no torch, no transformers.
+# modelyard operator: `modelyard operator` (kopf), and `modelyard gateway` (the chart's gateway runs
+# this image with its own command). No torch, no transformers.
 # family: python
 # Built by `make images` (scripts/images.sh), which passes BASE_IMAGE, the OCI label values and,
 # when given, pip's CA bundle as the build secret `cacert` (never stored in a layer).
@@ -16,7 +17,7 @@ RUN --mount=type=secret,id=cacert --mount=type=cache,target=/root/.cache/pip,sha
     if [ -s /run/secrets/cacert ]; then export PIP_CERT=/run/secrets/cacert; fi \
  && mkdir modelyard && touch modelyard/__init__.py \
  && python3 -m venv /opt/modelyard \
- && /opt/modelyard/bin/pip install --disable-pip-version-check -c requirements/constraints.txt . \
+ && /opt/modelyard/bin/pip install --disable-pip-version-check -c requirements/constraints.txt '.[gateway]' \
  && rm -rf modelyard build ./*.egg-info
 COPY modelyard modelyard
 RUN --mount=type=secret,id=cacert \

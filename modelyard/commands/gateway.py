@@ -52,6 +52,7 @@ def run(args) -> int:
 
         backend, watch = kube.connect(gw.registry, args.namespace)
         extra.append(watch)
+    serve.use_uvloop()
     try:
         asyncio.run(serve.run(gw, args.host, args.port, backend=backend, extra=extra,
                               probe_interval_s=args.probe_interval))

@@ -3,15 +3,15 @@ holds the request while none is ready, and forwards it; the replica's answer (st
 body, an SSE stream chunk by chunk) comes back unchanged, errors included."""
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from dataclasses import dataclass, field
 
-import httpx
+import aiohttp
 from starlette.applications import Starlette
-from starlette.background import BackgroundTask
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route as HttpRoute
 
 from modelyard.gateway import errors
@@ -30,12 +30,16 @@ class Gateway:
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
     limits: HoldLimits = field(default_factory=HoldLimits)
     wake: object = lambda: None          # tells the autoscaler a request is being held
-    client: httpx.AsyncClient | None = None
+    client: aiohttp.ClientSession | None = None
 
-    def http(self) -> httpx.AsyncClient:
+    def http(self) -> aiohttp.ClientSession:
+        """The upstream client (aiohttp: a third of httpx's CPU per proxied request; see
+        docs/benchmarks.md, gateway). Bodies pass through as the replica sent them."""
         if self.client is None:
-            self.client = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=5.0),
-                                            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200))
+            self.client = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=5.0),
+                connector=aiohttp.TCPConnector(limit=1000, limit_per_host=0, keepalive_timeout=30),
+                auto_decompress=False, skip_auto_headers=("User-Agent", "Accept-Encoding"))
         return self.client
 
 
@@ -64,10 +68,9 @@ def _check_key(route: Route, request: Request) -> None:
         raise errors.unauthorized()
 
 
-async def _send(gw: Gateway, addr: str, request: Request, raw: bytes) -> httpx.Response:
+async def _send(gw: Gateway, addr: str, request: Request, raw: bytes) -> aiohttp.ClientResponse:
     headers = {k: v for k, v in request.headers.items() if k in FORWARD_HEADERS}
-    req = gw.http().build_request("POST", addr + request.url.path, content=raw, headers=headers)
-    return await gw.http().send(req, stream=True)
+    return await gw.http().post(addr + request.url.path, data=raw, headers=headers)
 
 
 async def _forward(gw: Gateway, route: Route, model: str, adapter, request: Request, raw: bytes, prompt: str):
@@ -83,7 +86,7 @@ async def _forward(gw: Gateway, route: Route, model: str, adapter, request: Requ
         gw.metrics.queue_wait.labels(route.namespace, model).observe(waited)
         try:
             return addr, await _send(gw, addr, request, raw)
-        except httpx.TransportError as exc:
+        except aiohttp.ClientConnectionError as exc:
             route.release(addr)
             last = f"{addr}: {type(exc).__name__}"
             if addr in route.replicas:
@@ -100,22 +103,61 @@ async def _proxy(gw: Gateway, request: Request) -> Response:
     model = route.name
     addr, upstream = await _forward(gw, route, model, adapter, request, raw, _prompt(body))
     gw.metrics.in_flight.labels(route.namespace, model).inc()
-    headers = {k: v for k, v in upstream.headers.items() if k in RETURN_HEADERS}
+    headers = {k: v for k, v in upstream.headers.items() if k.lower() in RETURN_HEADERS}
 
     async def finish():
-        await upstream.aclose()
+        if upstream.content.at_eof():
+            upstream.release()  # the connection goes back to the pool
+        else:
+            upstream.close()  # the client went away mid-stream: closing tells the replica to stop
         route.release(addr)
         gw.metrics.in_flight.labels(route.namespace, model).dec()
-        gw.metrics.requests.labels(route.namespace, model, str(upstream.status_code)).inc()
+        gw.metrics.requests.labels(route.namespace, model, str(upstream.status)).inc()
 
     if upstream.headers.get("content-type", "").startswith("text/event-stream"):
-        return StreamingResponse(upstream.aiter_raw(), status_code=upstream.status_code, headers=headers,
-                                 background=BackgroundTask(finish))
+        return Relay(upstream, headers, finish)
     try:
-        content = await upstream.aread()
+        content = await upstream.read()
     finally:
         await finish()
-    return Response(content, status_code=upstream.status_code, headers=headers)
+    return Response(content, status_code=upstream.status, headers=headers)
+
+
+class Relay(Response):
+    """An SSE stream from the replica, passed on chunk by chunk as it arrives. When the client goes
+    away (``http.disconnect``) the relay stops and the upstream connection is closed, so the
+    replica cancels the generation; ``finish`` releases the replica's slot and the in-flight count
+    however the stream ends."""
+
+    def __init__(self, upstream: aiohttp.ClientResponse, headers: dict, finish):
+        self.upstream, self.finish, self.status_code, self.background = upstream, finish, upstream.status, None
+        self.init_headers(headers)
+
+    async def _relay(self, send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        async for chunk in self.upstream.content.iter_any():
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def __call__(self, scope, receive, send) -> None:
+        relay = asyncio.ensure_future(self._relay(send))
+
+        async def until_disconnect():
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            relay.cancel()  # (a no-op once the stream is complete: the server then reports disconnect)
+
+        watcher = asyncio.ensure_future(until_disconnect())
+        try:
+            await relay
+        except asyncio.CancelledError:
+            if not watcher.done():
+                raise  # this request itself was cancelled (server shutdown)
+        except OSError:
+            pass  # the client's connection failed while writing
+        finally:
+            watcher.cancel()
+            await self.finish()
 
 
 def create_app(gw: Gateway) -> Starlette:

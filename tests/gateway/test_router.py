@@ -118,6 +118,31 @@ def test_streaming_passes_through_chunk_by_chunk(fleet):
     assert streamed == direct
 
 
+def _gone(server) -> float:
+    m = scrape(server.url)
+    return sum(v for (n, lab), v in m.items() if n == "modelyard_requests_total" and ("code", "499") in lab)
+
+
+def test_a_client_that_leaves_mid_stream_stops_the_replica_and_frees_its_slot(fleet):
+    """The disconnect travels upstream: the replica records the request as abandoned (499) and
+    stops generating, and the gateway's in-flight count for the Model returns to zero."""
+    replicas = (fleet["tiny-a"], fleet["tiny-b"])
+    before = sum(_gone(s) for s in replicas)
+    body = {"model": "tiny", "prompt": "Hello", "max_tokens": 200, "temperature": 0, "stream": True}
+    with httpx.stream("POST", fleet["gw"].url + "/v1/completions", json=body, timeout=60) as r:
+        assert r.status_code == 200
+        next(r.iter_raw())  # the first chunk, then the client leaves
+    deadline = time.monotonic() + 20
+    while sum(_gone(s) for s in replicas) < before + 1:
+        assert time.monotonic() < deadline, "the replica never saw the client leave"
+        time.sleep(0.1)
+    while sample(scrape(fleet["gw"].url), "modelyard_gateway_requests_in_flight", namespace="default", model="tiny"):
+        assert time.monotonic() < deadline, "the gateway kept the request in flight"
+        time.sleep(0.1)
+    for s in replicas:
+        assert sample(scrape(s.url), "modelyard_requests_in_flight") == 0
+
+
 def test_unknown_model_is_404_listing_what_exists(fleet):
     r = chat(fleet["gw"].url, "llama-70b")
     assert r.status_code == 404

@@ -48,6 +48,38 @@ def test_operator_image_reconciles_a_model(images, k8s, namespace, kubeconfig):
                      60, message="phase Downloading")
 
 
+def test_operator_image_runs_the_gateway(images, tmp_path):
+    """The chart runs `modelyard gateway` from the operator image: its extra (starlette, uvicorn,
+    aiohttp, uvloop) is there, and it routes to a real replica."""
+    import yaml
+
+    from tests.runtime.accelerate_helpers import Server
+
+    tiny = make_tiny_llama(tmp_path / "tiny")
+    replica = Server(["--engine", "accelerate", "--model", str(tiny), "--served-model-name", "tiny",
+                      "--precision", "float32"], tmp_path / "serve.log")
+    try:
+        replica.wait_healthy(timeout=180)
+        routes = chown_1000(tmp_path / "routes")
+        (routes / "routes.yaml").write_text(yaml.safe_dump({"models": [{"name": "tiny", "replicas": [replica.url]}]}))
+        port = free_port()
+        args = ["gateway", "--config", "/cfg/routes.yaml", "--host", "127.0.0.1", "--port", str(port), "--probe-interval", "0.5"]
+        with container(images["operator"], *args, entrypoint="modelyard", name=f"modelyard-gateway-smoke-{os.getpid()}",
+                       volumes={str(routes): ("/cfg", "ro")}) as name:
+            wait_http(f"http://127.0.0.1:{port}/health", 60, name)
+            listed = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=10))
+            assert [m["id"] for m in listed["data"]] == ["tiny"]
+            body = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "hello"}],
+                               "max_tokens": 6, "temperature": 0}).encode()
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=body,
+                                         headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=120) as resp:
+                answer = json.load(resp)
+        assert answer["model"] == "tiny" and answer["usage"]["completion_tokens"] > 0
+    finally:
+        replica.stop()
+
+
 def test_download_image_fetches_http_and_s3(images, tmp_path):
     cache = chown_1000(tmp_path / "cache")
     www = tmp_path / "www"
