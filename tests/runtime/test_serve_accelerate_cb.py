@@ -63,6 +63,8 @@ def test_greedy_under_continuous_batching_equals_one_at_a_time(files):
     cb = _engine(files["base"], "auto")
     static = _engine(files["base"], "static")
     assert (cb.batching, static.batching) == ("continuous", "static")
+    # all-greedy passes take the argmax of the raw logits (no softmax + draw): the outputs below prove it exact
+    assert cb._cb.manager.logit_processor.argmax_sampler
     jobs = [(PROMPTS[i % len(PROMPTS)], _mix(i)) for i in range(16)]
     alone = [asyncio.run(_run(cb, p, **kw)) for p, kw in jobs]
     steps = cb._cb.manager.current_batch

@@ -121,16 +121,45 @@ def greedy_fast_path(manager) -> bool:
     if type(lp) is not cbl.ContinuousBatchingLogitsProcessorList or len(rows) != len(lp.logits_processor) or not top_k:
         return False
     lp.__class__ = type("GreedyAwareLogitsProcessorList", (type(lp),), {"__call__": _greedy_aware_call})
-    lp.top_k_row = top_k[0]
+    lp.top_k_row, lp.all_greedy, lp.argmax_sampler = top_k[0], False, False
     return True
 
 
-def _greedy_aware_call(self, input_ids, scores, args):
+def greedy_argmax_sampler(manager) -> bool:
+    """With ``greedy_fast_path`` in place: a forward pass whose rows are all greedy takes each row's
+    argmax of the raw logits, without the softmax + multinomial draw over the whole vocabulary the
+    manager (which always samples) would do; any other pass samples as the library does. Needs the
+    running manager's model runner (after its first request)."""
+    lp = manager.logit_processor
+    runner = getattr(getattr(manager, "batch_processor", None), "model_runner", None)
+    if not hasattr(lp, "top_k_row") or runner is None or not callable(getattr(runner, "_sample", None)):
+        return False
+    library_sample = runner._sample
+
+    def _sample(scores, output_ids) -> None:
+        if lp.all_greedy and not runner.return_logprobs and not _capturing():
+            next_tokens = scores[0].argmax(dim=-1)
+            output_ids[0, : next_tokens.size(0)].copy_(next_tokens)
+            return
+        library_sample(scores, output_ids)
+
+    runner._sample = _sample
+    lp.argmax_sampler = True
+    return True
+
+
+def _capturing() -> bool:
     import torch
 
-    if not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()):
-        if bool((args[self.top_k_row, : scores.size(0)] == 1).all()):
-            return scores.masked_fill(scores < scores.amax(dim=-1, keepdim=True), float("-inf"))
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
+def _greedy_aware_call(self, input_ids, scores, args):
+    self.all_greedy = not _capturing() and bool((args[self.top_k_row, : scores.size(0)] == 1).all())
+    if self.all_greedy:
+        # the argmax sampler reads the raw logits; the library's draw needs all but the max masked
+        return scores if self.argmax_sampler else scores.masked_fill(scores < scores.amax(dim=-1, keepdim=True),
+                                                                     float("-inf"))
     return type(self).__mro__[1].__call__(self, input_ids, scores, args)
 
 
@@ -328,6 +357,7 @@ def start(engine, mode: str) -> tuple[ContinuousBatcher | None, str, str]:
             start_daemon(manager)
             reason = _probe(manager, engine.encode_prompt("Hello") or [0])
             if reason is None:
+                greedy_argmax_sampler(manager)
                 batcher = ContinuousBatcher(engine, manager)
             else:
                 manager.stop(block=True, timeout=10)
