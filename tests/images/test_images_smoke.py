@@ -29,6 +29,15 @@ def _digests(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def _chat(port: int, max_tokens: int) -> dict:
+    body = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "hello"}],
+                       "max_tokens": max_tokens, "temperature": 0}).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=body,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=120) as resp:
+        return json.load(resp)
+
+
 def test_operator_image_reconciles_a_model(images, k8s, namespace, kubeconfig):
     health = free_port()
     args = ["--metrics-port", str(free_port()), "--liveness", f"http://127.0.0.1:{health}/healthz"]
@@ -69,12 +78,7 @@ def test_operator_image_runs_the_gateway(images, tmp_path):
             wait_http(f"http://127.0.0.1:{port}/health", 60, name)
             listed = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=10))
             assert [m["id"] for m in listed["data"]] == ["tiny"]
-            body = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "hello"}],
-                               "max_tokens": 6, "temperature": 0}).encode()
-            req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=body,
-                                         headers={"Content-Type": "application/json"})
-            with urllib.request.urlopen(req, timeout=120) as resp:
-                answer = json.load(resp)
+            answer = _chat(port, 6)
         assert answer["model"] == "tiny" and answer["usage"]["completion_tokens"] > 0
     finally:
         replica.stop()
@@ -111,12 +115,7 @@ def test_serve_accelerate_image_answers_a_chat_request(images, tmp_path):
     with container(images["serve-accelerate"], *args, name=f"modelyard-serve-smoke-{os.getpid()}",
                    volumes={str(tiny): ("/models/tiny", "ro")}) as name:
         wait_http(f"http://127.0.0.1:{port}/health", 180, name)
-        body = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "hello"}],
-                           "max_tokens": 8, "temperature": 0}).encode()
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=body,
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=120) as resp:
-            answer = json.load(resp)
+        answer = _chat(port, 8)
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     assert answer["model"] == "tiny" and answer["choices"][0]["message"]["role"] == "assistant"
     assert isinstance(answer["choices"][0]["message"]["content"], str)
