@@ -120,7 +120,8 @@ def greedy_fast_path(manager) -> bool:
     top_k = [i for i, p in enumerate(rows) if isinstance(p, cbl.ContinuousBatchingTopKLogitsWarper)]
     if type(lp) is not cbl.ContinuousBatchingLogitsProcessorList or len(rows) != len(lp.logits_processor) or not top_k:
         return False
-    lp.__class__ = type("GreedyAwareLogitsProcessorList", (type(lp),), {"__call__": _greedy_aware_call})
+    lp.__class__ = type("GreedyAwareLogitsProcessorList", (type(lp),),
+                        {"__call__": _greedy_aware_call, "prepare_tensor_args": _greedy_aware_prepare})
     lp.top_k_row, lp.all_greedy, lp.argmax_sampler = top_k[0], False, False
     return True
 
@@ -128,11 +129,15 @@ def greedy_fast_path(manager) -> bool:
 def greedy_argmax_sampler(manager) -> bool:
     """With ``greedy_fast_path`` in place: a forward pass whose rows are all greedy takes each row's
     argmax of the raw logits, without the softmax + multinomial draw over the whole vocabulary the
-    manager (which always samples) would do; any other pass samples as the library does. Needs the
-    running manager's model runner (after its first request)."""
+    manager (which always samples) would do, and without preparing the rows' sampling arguments
+    (the batch is known to be greedy from its requests when it is built); any other pass samples
+    as the library does. Needs the running manager's model runner (after its first request), and
+    synchronous batching (a batch is built, then run: the flag set for it is the one read)."""
     lp = manager.logit_processor
-    runner = getattr(getattr(manager, "batch_processor", None), "model_runner", None)
-    if not hasattr(lp, "top_k_row") or runner is None or not callable(getattr(runner, "_sample", None)):
+    processor = getattr(manager, "batch_processor", None)
+    runner = getattr(processor, "model_runner", None)
+    if (not hasattr(lp, "top_k_row") or runner is None or not callable(getattr(runner, "_sample", None))
+            or getattr(processor, "use_async_batching", True)):
         return False
     library_sample = runner._sample
 
@@ -154,12 +159,21 @@ def _capturing() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
+def _greedy_aware_prepare(self, requests_in_batch, arg_storage):
+    if self.argmax_sampler:  # known from the requests: skip building the arguments of an all-greedy batch
+        self.all_greedy = not _capturing() and all(
+            r.state.logit_processor_kwargs.get("top_k") == 1 for r in requests_in_batch if r.has_new_token)
+        if self.all_greedy:
+            return arg_storage
+    return type(self).__mro__[1].prepare_tensor_args(self, requests_in_batch, arg_storage)
+
+
 def _greedy_aware_call(self, input_ids, scores, args):
+    if self.argmax_sampler:  # the batch's flag was set when it was built; the sampler takes the argmax
+        return scores if self.all_greedy else type(self).__mro__[1].__call__(self, input_ids, scores, args)
     self.all_greedy = not _capturing() and bool((args[self.top_k_row, : scores.size(0)] == 1).all())
-    if self.all_greedy:
-        # the argmax sampler reads the raw logits; the library's draw needs all but the max masked
-        return scores if self.argmax_sampler else scores.masked_fill(scores < scores.amax(dim=-1, keepdim=True),
-                                                                     float("-inf"))
+    if self.all_greedy:  # the library's draw then needs all but each row's max masked
+        return scores.masked_fill(scores < scores.amax(dim=-1, keepdim=True), float("-inf"))
     return type(self).__mro__[1].__call__(self, input_ids, scores, args)
 
 
