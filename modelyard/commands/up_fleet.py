@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import signal
 import sys
 from pathlib import Path
 
@@ -93,6 +94,9 @@ def run_fleet(models: list, files: list, args) -> int:
             for local, _ in runs.values():
                 local.stop()
 
+    # SIGTERM (a supervisor, `kill`) stops every server as Ctrl-C does: uvicorn re-raises the signal
+    # after its shutdown, and Python's default SIGTERM would end this process before the cleanup below.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         asyncio.run(main())
     except KeyboardInterrupt:
