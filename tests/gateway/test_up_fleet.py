@@ -96,10 +96,13 @@ def test_lazy_model_starts_on_first_request_and_stops_when_idle(up):
     assert sample(scrape(up["url"]), "modelyard_gateway_cold_starts_total", namespace="default", model="lazy") == 2
 
 
-def test_ctrl_c_stops_every_server(up):
+def test_sigterm_stops_every_server_as_ctrl_c_does(up):
+    """SIGTERM, what a supervisor or `kill` sends: uvicorn re-raised it after its shutdown, and it
+    ended `up` before the cleanup, leaving the servers running (SIGINT takes the same path now)."""
     proc = up["proc"]
     children = psutil.Process(proc.pid).children(recursive=True)
-    proc.send_signal(signal.SIGINT)
+    assert servers(proc, "always")
+    proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 0
     gone, alive = psutil.wait_procs(children, timeout=30)
     assert not alive, alive
