@@ -127,7 +127,8 @@ class Relay(Response):
     """An SSE stream from the replica, passed on chunk by chunk as it arrives. When the client goes
     away (``http.disconnect``) the relay stops and the upstream connection is closed, so the
     replica cancels the generation; ``finish`` releases the replica's slot and the in-flight count
-    however the stream ends."""
+    however the stream ends. (Starlette's StreamingResponse skips its background task when an
+    ASGI 2.4 server reports the disconnect by raising, which would leak the slot.)"""
 
     def __init__(self, upstream: aiohttp.ClientResponse, headers: dict, finish):
         self.upstream, self.finish, self.status_code, self.background = upstream, finish, upstream.status, None
