@@ -51,6 +51,11 @@ class Admission:
         self.running = 0                 # admitted requests of ``current`` not yet released
         self.switches = 0
 
+    def alone(self) -> bool:
+        """One request admitted and none waiting."""
+        with self._lock:
+            return self.running == 1 and not self._queue
+
     def slot(self, group) -> "_Slot":
         return _Slot(self, group)
 

@@ -37,6 +37,8 @@ import threading
 import time
 
 from modelyard.runtime.engines.accelerate_admit import STATIC, Admission
+from modelyard.runtime.engines.accelerate_batch import Work
+from modelyard.runtime.engines.accelerate_solo import END, Halt, IdStreamer, Solo
 from modelyard.runtime.engines.accelerate_stream import QueueStreamer
 from modelyard.runtime.server.engine import Delta, Finish, GenerationJob
 
@@ -190,12 +192,32 @@ class _Text(QueueStreamer):
             self.pieces.append(text)
 
     def feed(self, ids: list[int]) -> None:
-        self.ids.extend(ids)
-        self._emit(final=False)
+        """Token by token, as the static path sees them: a stop string ends the count at the token
+        that completed it, however many tokens arrived together."""
+        for i in ids:
+            if self.stopped:
+                return
+            self.ids.append(i)
+            self._emit(final=False)
 
     def drain(self) -> list[str]:
         out, self.pieces = self.pieces, []
         return out
+
+
+@dataclasses.dataclass
+class _Run:
+    """One request's progress: its text (token ids, stop strings) and each generated token's time."""
+    text: _Text
+    times: list = dataclasses.field(default_factory=list)
+    first: float | None = None      # when the first token was generated (time to first token)
+    rid: str = ""
+
+    def done(self, job: GenerationJob, eos: list[int], solo: Solo | None) -> bool:
+        ids = self.text.ids
+        if self.text.stopped or len(ids) >= job.max_tokens or (ids and ids[-1] in eos):
+            return True
+        return solo is not None and not solo.stop.is_set()  # generate() ended by itself
 
 
 class ContinuousBatcher:
@@ -209,6 +231,12 @@ class ContinuousBatcher:
         self.admission = Admission(self._switch)
         self.on_path = lambda model, path, reason: None
         self._ids = itertools.count()
+        # a lone request runs as generate() on CPU (accelerate_solo); the attention each path needs
+        self.cb_attn, self.static_attn = manager.model.config._attn_implementation, manager._original_attn_impl
+        self.solo_enabled = manager.model.device.type == "cpu" and self.static_attn is not None
+        self._solo: Solo | None = None
+        self._solo_lock = threading.Lock()
+        self.handovers = 0
         self._select(self.admission.current)  # the base model: adapters loaded before start are off
         self._count_batches(manager.batch_processor.scheduler)
 
@@ -234,7 +262,7 @@ class ContinuousBatcher:
                 self.engine.model.base_model.enable_adapter_layers()
             return
         if old is STATIC:
-            m.switch_to_cb_friendly_attn(m.model)
+            m.model.set_attn_implementation(self.cb_attn)
         self._select(new)
 
     def _wait_idle(self, timeout: float = 120) -> None:
@@ -283,42 +311,122 @@ class ContinuousBatcher:
         async with self.admission.slot(job.adapter):
             if job.adapter is not None and job.adapter not in self.engine._adapters:
                 self.engine._adapter_context(job.adapter)  # unloaded while this request waited: 404
-            text, first, times = _Text(self.engine.tokenizer, job.stop), None, []
-            outputs: asyncio.Queue = asyncio.Queue()
-            rid, watch = f"my-{next(self._ids)}", bool(job.stop)
-            self.manager.register_result_handler(rid, outputs.put_nowait)
-            self.manager.add_request(job.prompt_ids, request_id=rid, max_new_tokens=job.max_tokens,
-                                     streaming=job.stream or watch, record_timestamps=True, eos_token_id=self.eos,
-                                     **sampling_kwargs(job, self.vocab))
-            finished = False
-            try:
-                while not finished:
-                    out = await outputs.get()
-                    if out.error is not None:
-                        raise RuntimeError(f"continuous batching failed: {out.error}")
-                    ids = list(out.generated_tokens)
-                    times = out.timestamps or times
-                    if first is None and ids:
-                        first = times[0] if times else time.perf_counter()
-                    if out.is_finished() and not watch:
-                        text.take_all(ids)
-                    else:
-                        text.feed(ids[len(text.ids):])
-                    finished = out.is_finished() or text.stopped
-                    for piece in text.drain():
-                        yield Delta(piece)
-            finally:
-                if not finished:  # the consumer went away (or failed): free the batch slot now
-                    self._cancel(rid)
-                    self.engine.on_abandoned(job.adapter or self.engine.served_model_name,
-                                             len(job.prompt_ids), len(text.ids))
-            if text.stopped:
-                self._cancel(rid)
-            text.finish()
-            for piece in text.drain():
+            run = _Run(_Text(self.engine.tokenizer, job.stop))
+            solo = self._try_solo()
+            if solo is not None:
+                async for piece in self._run_solo(job, run, solo):
+                    yield Delta(piece)
+            else:
+                await self._join_solo()
+            if not run.done(job, self.eos, solo):
+                async for piece in self._managed(job, run):
+                    yield Delta(piece)
+            if run.text.stopped:
+                self._cancel(run.rid)
+            run.text.finish()
+            for piece in run.text.drain():
                 yield Delta(piece)
-        self.engine.on_token_times(job.adapter or self.engine.served_model_name, times[:len(text.ids)])
-        yield self._finish(job, text, first)
+        self.engine.on_token_times(job.adapter or self.engine.served_model_name, run.times[:len(run.text.ids)])
+        yield self._finish(job, run.text, run.first)
+
+    async def _managed(self, job: GenerationJob, run: "_Run"):
+        """The request (or what is left of it after a solo start) in the manager's batch."""
+        text, before = run.text, list(run.text.ids)  # tokens generated solo are part of the prompt now
+        outputs: asyncio.Queue = asyncio.Queue()
+        run.rid, watch = f"my-{next(self._ids)}", bool(job.stop)
+        self.manager.register_result_handler(run.rid, outputs.put_nowait)
+        self.manager.add_request(job.prompt_ids + before, request_id=run.rid, max_new_tokens=job.max_tokens - len(before),
+                                 streaming=job.stream or watch, record_timestamps=True, eos_token_id=self.eos,
+                                 **sampling_kwargs(job, self.vocab))
+        finished, solo_times = False, run.times
+        try:
+            while not finished:
+                out = await outputs.get()
+                if out.error is not None:
+                    raise RuntimeError(f"continuous batching failed: {out.error}")
+                ids = before + list(out.generated_tokens)
+                if out.timestamps:
+                    run.times = solo_times + list(out.timestamps)
+                if run.first is None and len(ids) > len(before):
+                    run.first = run.times[0] if run.times else time.perf_counter()
+                if out.is_finished() and not watch:
+                    text.take_all(ids)
+                else:
+                    text.feed(ids[len(text.ids):])
+                finished = out.is_finished() or text.stopped
+                for piece in text.drain():
+                    yield piece
+        finally:
+            if not finished:  # the consumer went away (or failed): free the batch slot now
+                self._cancel(run.rid)
+                self.engine.on_abandoned(job.adapter or self.engine.served_model_name,
+                                         len(job.prompt_ids), len(text.ids))
+
+    # -- a lone request (accelerate_solo) -----------------------------------------------------
+    def _try_solo(self) -> Solo | None:
+        """A Solo when this request is the only one of its group and the manager is idle, else None."""
+        if not self.solo_enabled:
+            return None
+        m = self.manager
+        with self._solo_lock:
+            if (self._solo is not None or not self.admission.alone() or not m.input_queue.empty()
+                    or m.batch_processor.scheduler.has_pending_requests()):
+                return None
+            self._solo = Solo()
+            return self._solo
+
+    async def _join_solo(self) -> None:
+        with self._solo_lock:
+            solo = self._solo
+        if solo is not None:  # a lone request holds the model: it stops at its next token and joins the batch
+            await solo.handover()
+
+    async def _run_solo(self, job: GenerationJob, run: "_Run", solo: Solo):
+        loop, queue = asyncio.get_running_loop(), asyncio.Queue()
+        streamer, done = IdStreamer(loop, queue), loop.create_future()
+        self.engine._work.put(Work(loop=loop, done=done, fn=self._generate_solo, args=(job, streamer, solo)))
+        finished = False
+        try:
+            while (ids := await queue.get()) is not END:
+                run.text.feed(ids)
+                solo.halt = run.text.stopped
+                for piece in run.text.drain():
+                    yield piece
+            await done
+            finished = True
+        finally:
+            run.times, run.first = streamer.times, streamer.times[0] if streamer.times else None
+            if not finished:  # the consumer went away (or generate failed): stop at the next token
+                solo.halt = True
+                self.engine.on_abandoned(job.adapter or self.engine.served_model_name,
+                                         len(job.prompt_ids), len(run.text.ids))
+        if solo.stop.is_set() and not run.done(job, self.eos, solo):
+            self.handovers += 1
+
+    def _generate_solo(self, job: GenerationJob, streamer: IdStreamer, solo: Solo) -> None:
+        """On the engine's generation thread: ``generate`` with the model's own attention."""
+        import torch
+        from transformers import StoppingCriteriaList
+
+        model = self.manager.model
+        try:
+            if solo.stop.is_set():  # another request came first: go to the batch at once
+                return
+            self.engine.on_batch(1)
+            model.set_attn_implementation(self.static_attn)
+            with torch.inference_mode():
+                ids = torch.tensor([job.prompt_ids], device=self.engine._input_device())
+                self.engine.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                           max_new_tokens=job.max_tokens, streamer=streamer,
+                                           stopping_criteria=StoppingCriteriaList([Halt(solo)]),
+                                           eos_token_id=self.eos, pad_token_id=self.engine._pad_id(),
+                                           **self.engine._sampling(job))
+        finally:
+            model.set_attn_implementation(self.cb_attn)
+            with self._solo_lock:
+                self._solo = None
+            solo.ended()
+            streamer.close()
 
     def _cancel(self, rid: str) -> None:
         self.manager.cancel_request(rid)
