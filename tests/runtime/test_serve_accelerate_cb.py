@@ -92,6 +92,81 @@ def test_greedy_under_continuous_batching_equals_one_at_a_time(files):
     cb._cb.close()
 
 
+async def _stream_after(engine, prompt: str, started: asyncio.Event, **job) -> tuple[str, object]:
+    """Like _run, and sets ``started`` once the first text arrived."""
+    from modelyard.runtime.server.engine import Delta, GenerationJob
+
+    parts, finish = [], None
+    async for ev in engine.stream(GenerationJob(prompt_ids=engine.encode_prompt(prompt), **job)):
+        if isinstance(ev, Delta):
+            parts.append(ev.text)
+            started.set()
+        else:
+            finish = ev
+    return "".join(parts), finish
+
+
+def test_a_lone_request_runs_solo_and_hands_over_to_the_batch_when_another_arrives(files):
+    """On CPU a lone request runs as generate() (no manager step); a second request makes it stop at
+    its next token and continue in the batch from what it generated: the outputs do not change."""
+    cb = _engine(files["base"], "auto")
+    batcher, manager = cb._cb, cb._cb.manager
+    assert batcher.solo_enabled  # the model is on the CPU (device_map="cpu"), whatever the machine has
+    long_job, short_job = {"max_tokens": 48, "temperature": 0}, {"max_tokens": 10, "temperature": 0, "stream": False}
+    steps = manager.current_batch
+    alone_long = asyncio.run(_run(cb, PROMPTS[1], **long_job))
+    alone_short = asyncio.run(_run(cb, PROMPTS[4], **short_job))
+    assert manager.current_batch == steps and batcher.handovers == 0  # served solo: the manager did no step
+    assert alone_long[1].completion_tokens == 48 and alone_long[1].first_token_at is not None
+
+    async def overlapping():
+        started = asyncio.Event()
+        first = asyncio.create_task(_stream_after(cb, PROMPTS[1], started, **long_job))
+        await started.wait()  # the first request is generating alone now
+        second = await _run(cb, PROMPTS[4], **short_job)
+        return await first, second
+
+    (text1, fin1), (text2, fin2) = asyncio.run(overlapping())
+    assert batcher.handovers == 1 and manager.current_batch > steps  # it moved into the manager's batch
+    assert (text1, fin1.completion_tokens, fin1.reason) == (alone_long[0], 48, "length")
+    assert (text2, fin2.completion_tokens) == (alone_short[0], alone_short[1].completion_tokens)
+    assert fin1.first_token_at is not None
+    assert cb._base().config._attn_implementation == batcher.cb_attn  # paged attention back for the manager
+
+    async def sampled():  # a sampled request hands over with its settings and still stops at max_tokens
+        started = asyncio.Event()
+        first = asyncio.create_task(_stream_after(cb, PROMPTS[2], started, max_tokens=40, temperature=0.9))
+        await started.wait()
+        await _run(cb, PROMPTS[3], max_tokens=4, temperature=0)
+        return await first
+
+    text, fin = asyncio.run(sampled())
+    assert batcher.handovers == 2 and text and (fin.completion_tokens == 40 or fin.reason == "stop")
+    cb._cb.close()
+
+
+def test_a_client_that_leaves_a_solo_request_frees_the_model(files):
+    cb = _engine(files["base"], "auto")
+    expected = asyncio.run(_run(cb, PROMPTS[5], max_tokens=8))
+
+    async def leave(then: dict):
+        from modelyard.runtime.server.engine import GenerationJob
+
+        gen = cb.stream(GenerationJob(prompt_ids=cb.encode_prompt(PROMPTS[0]), max_tokens=1500, temperature=0))
+        await gen.__anext__()
+        await gen.aclose()  # the client went away after its first text
+        return await _run(cb, PROMPTS[5], **then)  # waits for the abandoned generate() to stop
+
+    text, fin = asyncio.run(leave({"max_tokens": 8}))
+    assert (text, fin.completion_tokens) == (expected[0], expected[1].completion_tokens)
+    assert cb._cb._solo is None and cb._base().config._attn_implementation == cb._cb.cb_attn
+    # a static-path request (seeded sampling) right after: the switch to the model's own attention
+    # waits for the abandoned generate() (whose end restores paged attention) before it happens
+    seeded = {"max_tokens": 8, "temperature": 0.9, "seed": 3}
+    assert asyncio.run(leave(seeded))[0] == asyncio.run(_run(cb, PROMPTS[5], **seeded))[0]
+    cb._cb.close()
+
+
 def test_forced_offload_falls_back_to_static_batching(files, tmp_path):
     from modelyard.runtime.engines.accelerate import load_kwargs
 

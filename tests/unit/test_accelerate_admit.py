@@ -84,3 +84,21 @@ def test_static_group_pauses_between_continuous_groups():
     log = asyncio.run(scenario())
     assert [e for e in log if e[0] == "switch"] == [("switch", None, "static"), ("switch", "static", None)]
     assert [e[1] for e in log if e[0] == "run"] == ["b", "st", "b2"]
+
+
+def test_alone_means_one_running_request_and_nobody_waiting():
+    async def scenario():
+        adm, _ = _recorder()
+        hold, log = asyncio.Event(), []
+        assert not adm.alone()
+        a = asyncio.create_task(_req(adm, None, "a", log, hold))
+        await asyncio.sleep(0.01)
+        assert adm.alone()
+        b = asyncio.create_task(_req(adm, None, "b", log, hold))
+        await asyncio.sleep(0.01)
+        assert adm.running == 2 and not adm.alone()
+        hold.set()
+        await asyncio.gather(a, b)
+        assert adm.running == 0 and not adm.alone()
+
+    asyncio.run(scenario())

@@ -266,12 +266,12 @@ class ContinuousBatcher:
         self._select(new)
 
     def _wait_idle(self, timeout: float = 120) -> None:
-        """Until the manager has nothing queued or scheduled: then its thread runs no forward pass
-        (a request leaves the scheduler only after its last forward). Nothing is admitted meanwhile;
-        this waits at most for a cancelled request's last step."""
+        """Until the manager has nothing queued or scheduled (then its thread runs no forward pass: a
+        request leaves the scheduler only after its last forward) and no solo ``generate`` runs.
+        Nothing is admitted meanwhile; this waits at most for a cancelled request's last step."""
         m, deadline = self.manager, time.monotonic() + timeout
         while (not m.input_queue.empty() or not m.cancel_queue.empty()
-               or m.batch_processor.scheduler.has_pending_requests()):
+               or m.batch_processor.scheduler.has_pending_requests() or self._solo is not None):
             if time.monotonic() > deadline:
                 raise RuntimeError("the continuous-batching manager did not go idle")
             time.sleep(0.001)
@@ -370,7 +370,7 @@ class ContinuousBatcher:
         m = self.manager
         with self._solo_lock:
             if (self._solo is not None or not self.admission.alone() or not m.input_queue.empty()
-                    or m.batch_processor.scheduler.has_pending_requests()):
+                    or m.batch_processor.scheduler.has_pending_requests() or self._solo is not None):
                 return None
             self._solo = Solo()
             return self._solo
