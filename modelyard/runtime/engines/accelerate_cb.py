@@ -370,7 +370,7 @@ class ContinuousBatcher:
         m = self.manager
         with self._solo_lock:
             if (self._solo is not None or not self.admission.alone() or not m.input_queue.empty()
-                    or m.batch_processor.scheduler.has_pending_requests() or self._solo is not None):
+                    or m.batch_processor.scheduler.has_pending_requests()):
                 return None
             self._solo = Solo()
             return self._solo
