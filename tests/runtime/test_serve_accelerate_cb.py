@@ -126,11 +126,15 @@ def test_a_lone_request_runs_solo_and_hands_over_to_the_batch_when_another_arriv
         second = await _run(cb, PROMPTS[4], **short_job)
         return await first, second
 
+    times: list = []  # what the inter-token latency metric gets: each generated token's time
+    cb.on_token_times = lambda model, ts: times.append(list(ts))
     (text1, fin1), (text2, fin2) = asyncio.run(overlapping())
     assert batcher.handovers == 1 and manager.current_batch > steps  # it moved into the manager's batch
     assert (text1, fin1.completion_tokens, fin1.reason) == (alone_long[0], 48, "length")
     assert (text2, fin2.completion_tokens) == (alone_short[0], alone_short[1].completion_tokens)
-    assert fin1.first_token_at is not None
+    # the handed-over request's token times: the solo ones, then the manager's, one per token, in order
+    long_times = next(t for t in times if len(t) == 48)
+    assert long_times == sorted(long_times) and fin1.first_token_at == long_times[0]
     assert cb._base().config._attn_implementation == batcher.cb_attn  # paged attention back for the manager
 
     async def sampled():  # a sampled request hands over with its settings and still stops at max_tokens
