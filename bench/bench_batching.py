@@ -175,15 +175,17 @@ def run() -> str:
         "",
         *_table(results),
         "",
-        "Reading it: the two continuous-batching servers run the same library scheduler, so their "
-        "differences are the HTTP layers, modelyard's per-request sampling (transformers serve applies "
-        "the first request's sampling settings to every later request; modelyard keeps each request's "
-        "temperature/top_p; a forward pass whose rows are all greedy takes the argmax of the logits, "
-        "without the sampling sorts, softmax and draw) and the noise of a 2-core machine, which the last "
-        "column shows: the same ratio round by round. "
-        "transformers serve's first streamed chunk echoes the prompt text, so its TTFT column is not the "
-        "first generated token. On CPU the static path (`model.generate` with a dynamic cache) is as fast "
-        "or faster than paged attention for one request at a time; continuous batching pays off with "
-        "concurrent streams, which static batching runs one at a time.",
+        "Reading it: both continuous-batching servers run the same library scheduler for concurrent "
+        "requests; the differences are the HTTP layers, modelyard's per-request sampling (transformers "
+        "serve applies the first request's sampling settings to every later request; modelyard keeps each "
+        "request's temperature/top_p, and a forward pass whose rows are all greedy takes the argmax of the "
+        "logits without the sampling sorts, softmax and draw), modelyard's solo start (on CPU a lone "
+        "request runs as `model.generate`, which is cheaper per step than paged attention for one "
+        "sequence, and hands over to the batch at its next token when another request arrives: "
+        "docs/batching.md) and the noise of a 2-core machine, which the last column shows: the same ratio "
+        "round by round. transformers serve's first streamed chunk echoes the prompt text, so its TTFT "
+        "column is not the first generated token. The static path (`--batching static`, "
+        "`model.generate` with a dynamic cache for everything) is as fast for one request at a time; "
+        "with concurrent streams it runs one at a time.",
     ]
     return "\n".join(lines) + "\n"
