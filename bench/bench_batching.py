@@ -139,6 +139,71 @@ def measure(model_dir: Path, work: Path) -> dict:
     return results
 
 
+ADAPTER_ROUNDS, ADAPTER_REQUESTS = 4, 24
+ADAPTER_MIXES = {"one adapter": ("sql",), "base + 2 adapters": ("tiny", "sql", "chat")}
+
+
+def measure_adapters(model_dir: Path, work: Path) -> dict:
+    """LoRA adapters under continuous batching (grouped per adapter) vs static batching, same server
+    flags: every request for one adapter, or requests round-robin over the base model and 2 adapters."""
+    from modelyard.runtime.tiny import make_tiny_adapter
+
+    adapters = [f"{name}={make_tiny_adapter(model_dir, work / name, seed=i + 1)}" for i, name in enumerate(("sql", "chat"))]
+    exe, servers = Path(sys.executable).with_name, {}
+    for name, mode in (("modelyard accelerate (continuous)", "auto"), ("modelyard accelerate (static)", "static")):
+        port = _free_port()
+        servers[name] = (port, _start(
+            [str(exe("modelyard")), "serve", "--engine", "accelerate", "--model", str(model_dir), "--served-model-name",
+             "tiny", "--precision", "float32", "--batching", mode, *[a for spec in adapters for a in ("--adapter", spec)],
+             "--host", "127.0.0.1", "--port", str(port)], work / f"adapters-{mode}.log", THREADS))
+    results: dict = {}
+    try:
+        for port, proc in servers.values():
+            _ready(port, "tiny", proc)
+        for r in range(ADAPTER_ROUNDS):
+            for stream in (False, True):
+                for mix, models in ADAPTER_MIXES.items():
+                    for name in (list(servers) if r % 2 == 0 else list(servers)[::-1]):
+                        lat, wall = asyncio.run(_load_mix(f"http://127.0.0.1:{servers[name][0]}", models, stream))
+                        slot = results.setdefault((stream, mix), {}).setdefault(name, {"lat": [], "wall": 0.0})
+                        slot["lat"] += lat
+                        slot["wall"] += wall
+    finally:
+        for _, proc in servers.values():
+            _stop(proc)
+    return results
+
+
+async def _load_mix(url: str, models: tuple, stream: bool) -> tuple[list, float]:
+    import aiohttp
+
+    todo = list(range(ADAPTER_REQUESTS))
+    out: list = []
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
+        async def worker():
+            while todo:
+                i = todo.pop(0)
+                out.append(await _one(session, url, _body(i, models[i % len(models)], stream)))
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(8)))
+        return out, time.perf_counter() - t0
+
+
+def _adapter_table(results: dict) -> list[str]:
+    lines = ["| mode | requests for | server | req/s | p50 ms | p95 ms | req/s vs one adapter |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
+    for (stream, mix), by in sorted(results.items()):
+        for name, slot in by.items():
+            lat = [x[0] for x in slot["lat"]]
+            rps = len(lat) / slot["wall"]
+            one = results[(stream, "one adapter")][name]
+            vs = "" if mix == "one adapter" else f"{rps / (len(one['lat']) / one['wall']):.2f}×"
+            lines.append(f"| {'streaming' if stream else 'non-streaming'} | {mix} | {name} | {rps:.1f} | "
+                         f"{_pct(lat, 0.5) * 1000:.0f} | {_pct(lat, 0.95) * 1000:.0f} | {vs} |")
+    return lines
+
+
 def _table(results: dict) -> list[str]:
     base = "transformers serve --continuous-batching"
     lines = ["| mode | concurrency | server | req/s | p50 ms | p95 ms | TTFT p50 ms | tokens | vs transformers: req/s, p95 | req/s ratio per round |",
@@ -161,7 +226,9 @@ def _table(results: dict) -> list[str]:
 def run() -> str:
     with tempfile.TemporaryDirectory(prefix="bench-batching-") as tmp:
         work = Path(tmp)
-        results = measure(make_tiny_qwen2(work / "tiny-qwen2"), work)
+        model_dir = make_tiny_qwen2(work / "tiny-qwen2")
+        results = measure(model_dir, work)
+        adapter_results = measure_adapters(model_dir, work)
     lines = [
         "## Continuous batching: accelerate engine vs `transformers serve --continuous-batching`",
         "",
@@ -187,5 +254,18 @@ def run() -> str:
         "column is not the first generated token. The static path (`--batching static`, "
         "`model.generate` with a dynamic cache for everything) is as fast for one request at a time; "
         "with concurrent streams it runs one at a time.",
+        "",
+        "### LoRA adapters: grouped per adapter",
+        "",
+        f"Same model with two LoRA adapters (`sql`, `chat`: r 8 on q_proj/v_proj) loaded in both servers; "
+        f"{ADAPTER_REQUESTS} chat requests at concurrency 8 per load, {ADAPTER_ROUNDS} rounds alternating the "
+        f"servers, greedy, {MAX_TOKENS} tokens: every request for `sql`, or round-robin over the base model, "
+        f"`sql` and `chat`. Every request of a forward pass sees the same weights, so the continuous batcher "
+        f"runs one adapter's requests together and switches adapter when that group has drained (requests "
+        f"queued for the running adapter behind another adapter's wait: no starvation); static batching "
+        f"batches non-streaming requests of one adapter and runs streams one at a time. "
+        f"`transformers serve` has no LoRA adapters to compare with.",
+        "",
+        *_adapter_table(adapter_results),
     ]
     return "\n".join(lines) + "\n"

@@ -88,5 +88,18 @@ def make_tiny_llama(path: str | Path, seed: int = 0, dtype: str = "float32", **o
     return path
 
 
+def make_tiny_adapter(base: str | Path, out: str | Path, seed: int, targets=("q_proj", "v_proj"), r: int = 8) -> Path:
+    """Write a LoRA adapter with random (non-zero) weights for the model at ``base``; return ``out``."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(str(base))
+    peft = get_peft_model(model, LoraConfig(init_lora_weights=False, r=r, target_modules=list(targets)))
+    peft.save_pretrained(str(out))
+    return Path(out)
+
+
 def read_config(path: str | Path) -> dict:
     return json.loads((Path(path) / "config.json").read_text())
