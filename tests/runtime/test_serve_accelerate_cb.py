@@ -171,6 +171,49 @@ def test_a_client_that_leaves_a_solo_request_frees_the_model(files):
     cb._cb.close()
 
 
+def _dora_adapter(base, out):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(4)
+    model = AutoModelForCausalLM.from_pretrained(str(base))
+    get_peft_model(model, LoraConfig(init_lora_weights=False, r=4, use_dora=True,
+                                     target_modules=["q_proj", "v_proj"])).save_pretrained(str(out))
+    return out
+
+
+def test_requests_for_different_adapters_share_forward_passes(files):
+    """Base-model and LoRA requests run in the same forward passes (each token with its own adapter,
+    through PEFT's mixed batch) and answer what they answer alone; a DoRA adapter, which PEFT cannot
+    mix, keeps its own group and still answers right."""
+    from modelyard.runtime.engines import accelerate_multilora as multilora
+
+    dora = _dora_adapter(files["base"], files["root"] / "dora")
+    cb = _engine(files["base"], "auto", {"sql": str(files["sql"]), "chat": str(files["chat"]), "dora": str(dora)})
+    batcher = cb._cb
+    assert batcher.mix_reason is None  # no CUDA graphs in a CPU manager
+    assert batcher._group(None) is batcher._group("sql") is batcher._group("chat") is multilora.MIXED
+    assert batcher._group("dora") == "dora"
+    jobs = [(PROMPTS[i % len(PROMPTS)], (None, "sql", "chat")[i % 3], {"max_tokens": 6 + i % 5}) for i in range(12)]
+    alone = [asyncio.run(_run(cb, p, adapter=a, **kw)) for p, a, kw in jobs]
+    assert len({t for t, _ in alone}) >= 9  # the adapters change the outputs
+    switches = batcher.admission.switches
+
+    async def together(js):
+        return await asyncio.gather(*(_run(cb, p, adapter=a, **kw) for p, a, kw in js))
+
+    got = asyncio.run(together(jobs))
+    assert [(t, f.completion_tokens) for t, f in got] == [(t, f.completion_tokens) for t, f in alone]
+    assert batcher.token_adapters.mixed_passes > 0  # adapters really shared passes...
+    assert batcher.admission.switches == switches   # ...without draining one group for another
+    dora_jobs = [(PROMPTS[i], "dora" if i % 2 else "sql", {"max_tokens": 6}) for i in range(4)]
+    dora_alone = [asyncio.run(_run(cb, p, adapter=a, **kw))[0] for p, a, kw in dora_jobs]
+    assert [t for t, _ in asyncio.run(together(dora_jobs))] == dora_alone
+    assert batcher.admission.switches > switches  # the DoRA adapter ran as its own group
+    cb._cb.close()
+
+
 def test_forced_offload_falls_back_to_static_batching(files, tmp_path):
     from modelyard.runtime.engines.accelerate import load_kwargs
 

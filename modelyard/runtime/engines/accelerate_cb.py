@@ -37,6 +37,7 @@ import threading
 import time
 
 from modelyard.runtime.engines.accelerate_admit import STATIC, Admission
+from modelyard.runtime.engines import accelerate_multilora as multilora
 from modelyard.runtime.engines.accelerate_batch import Work
 from modelyard.runtime.engines.accelerate_solo import END, Halt, IdStreamer, Solo
 from modelyard.runtime.engines.accelerate_stream import QueueStreamer
@@ -237,6 +238,8 @@ class ContinuousBatcher:
         self._solo: Solo | None = None
         self._solo_lock = threading.Lock()
         self.handovers = 0
+        # requests for different adapters share forward passes (accelerate_multilora) unless it cannot apply
+        self.mix_reason, self.token_adapters = multilora.applies(manager), None
         self._select(self.admission.current)  # the base model: adapters loaded before start are off
         self._count_batches(manager.batch_processor.scheduler)
 
@@ -248,6 +251,9 @@ class ContinuousBatcher:
             out = schedule(*args, **kwargs)
             if out[0]:
                 self.engine.on_batch(len(out[0]))
+                if self.token_adapters is not None:  # which adapter each packed token of this pass uses
+                    self.token_adapters.plan(out[0]) if self.admission.current is multilora.MIXED \
+                        else self.token_adapters.clear()
             return out
         scheduler.schedule_batch = counted
 
@@ -276,11 +282,22 @@ class ContinuousBatcher:
                 raise RuntimeError("the continuous-batching manager did not go idle")
             time.sleep(0.001)
 
-    def _select(self, adapter: str | None) -> None:
+    def _group(self, adapter: str | None):
+        """The admission group: every mixable adapter (and the base model) shares one, else per adapter."""
+        if self.mix_reason is None and multilora.mixable(self.engine.model, adapter):
+            return multilora.MIXED
+        return adapter
+
+    def _select(self, adapter) -> None:
         if not self.engine._adapters:
             return
         tuner = self.engine.model.base_model
-        if adapter is None or adapter not in self.engine._adapters:  # (an unloaded one: its requests get 404)
+        if adapter is multilora.MIXED:  # each token's adapter comes from its request (the pass's plan)
+            if self.token_adapters is None:
+                self.token_adapters = multilora.TokenAdapters(self.engine.model)
+            self.token_adapters.refresh(self.engine.model)
+            tuner.enable_adapter_layers()
+        elif adapter is None or adapter not in self.engine._adapters:  # (an unloaded one: its requests get 404)
             tuner.disable_adapter_layers()
         else:
             tuner.enable_adapter_layers()
@@ -308,7 +325,7 @@ class ContinuousBatcher:
     async def _continuous(self, job: GenerationJob):
         if job.adapter is not None and job.adapter not in self.engine._adapters:
             self.engine._adapter_context(job.adapter)  # raises the 404 the static path gives
-        async with self.admission.slot(job.adapter):
+        async with self.admission.slot(self._group(job.adapter)):
             if job.adapter is not None and job.adapter not in self.engine._adapters:
                 self.engine._adapter_context(job.adapter)  # unloaded while this request waited: 404
             run = _Run(_Text(self.engine.tokenizer, job.stop))
@@ -334,6 +351,8 @@ class ContinuousBatcher:
         text, before = run.text, list(run.text.ids)  # tokens generated solo are part of the prompt now
         outputs: asyncio.Queue = asyncio.Queue()
         run.rid, watch = f"my-{next(self._ids)}", bool(job.stop)
+        if self.token_adapters is not None:
+            self.token_adapters.by_request[run.rid] = job.adapter or multilora.BASE
         self.manager.register_result_handler(run.rid, outputs.put_nowait)
         self.manager.add_request(job.prompt_ids + before, request_id=run.rid, max_new_tokens=job.max_tokens - len(before),
                                  streaming=job.stream or watch, record_timestamps=True, eos_token_id=self.eos,
@@ -361,6 +380,8 @@ class ContinuousBatcher:
                 self._cancel(run.rid)
                 self.engine.on_abandoned(job.adapter or self.engine.served_model_name,
                                          len(job.prompt_ids), len(text.ids))
+            if self.token_adapters is not None:
+                self.token_adapters.by_request.pop(run.rid, None)
 
     # -- a lone request (accelerate_solo) -----------------------------------------------------
     def _try_solo(self) -> Solo | None:
@@ -414,13 +435,15 @@ class ContinuousBatcher:
                 return
             self.engine.on_batch(1)
             model.set_attn_implementation(self.static_attn)
+            mixed = self.admission.current is multilora.MIXED and self.engine._adapters  # PEFT's own mixed batch
+            extra = {"adapter_names": [job.adapter or multilora.BASE]} if mixed else {}
             with torch.inference_mode():
                 ids = torch.tensor([job.prompt_ids], device=self.engine._input_device())
                 self.engine.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
                                            max_new_tokens=job.max_tokens, streamer=streamer,
                                            stopping_criteria=StoppingCriteriaList([Halt(solo)]),
                                            eos_token_id=self.eos, pad_token_id=self.engine._pad_id(),
-                                           **self.engine._sampling(job))
+                                           **self.engine._sampling(job), **extra)
         finally:
             model.set_attn_implementation(self.cb_attn)
             with self._solo_lock:
