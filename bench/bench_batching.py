@@ -144,7 +144,7 @@ ADAPTER_MIXES = {"one adapter": ("sql",), "base + 2 adapters": ("tiny", "sql", "
 
 
 def measure_adapters(model_dir: Path, work: Path) -> dict:
-    """LoRA adapters under continuous batching (grouped per adapter) vs static batching, same server
+    """LoRA adapters under continuous batching (adapters mixed in a pass) vs static batching, same server
     flags: every request for one adapter, or requests round-robin over the base model and 2 adapters."""
     from modelyard.runtime.tiny import make_tiny_adapter
 
@@ -255,16 +255,15 @@ def run() -> str:
         "`model.generate` with a dynamic cache for everything) is as fast for one request at a time; "
         "with concurrent streams it runs one at a time.",
         "",
-        "### LoRA adapters: grouped per adapter",
+        "### LoRA adapters: several adapters in one forward pass",
         "",
         f"Same model with two LoRA adapters (`sql`, `chat`: r 8 on q_proj/v_proj) loaded in both servers; "
         f"{ADAPTER_REQUESTS} chat requests at concurrency 8 per load, {ADAPTER_ROUNDS} rounds alternating the "
         f"servers, greedy, {MAX_TOKENS} tokens: every request for `sql`, or round-robin over the base model, "
-        f"`sql` and `chat`. Every request of a forward pass sees the same weights, so the continuous batcher "
-        f"runs one adapter's requests together and switches adapter when that group has drained (requests "
-        f"queued for the running adapter behind another adapter's wait: no starvation); static batching "
-        f"batches non-streaming requests of one adapter and runs streams one at a time. "
-        f"`transformers serve` has no LoRA adapters to compare with.",
+        f"`sql` and `chat`. Under continuous batching the requests of all three share forward passes, each "
+        f"token with its own adapter (PEFT's mixed batch; docs/batching.md); static batching batches "
+        f"non-streaming requests of one adapter and runs streams one at a time. `transformers serve` has "
+        f"no LoRA adapters to compare with.",
         "",
         *_adapter_table(adapter_results),
     ]

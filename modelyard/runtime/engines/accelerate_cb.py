@@ -12,9 +12,13 @@ What the library does per request, and what this module adds around it:
 - stop strings: checked here on the decoded text as tokens stream out; on a match the request is
   cancelled in the manager (``cancel_request``) so it stops using the batch.
 - cancellation on disconnect: the same ``cancel_request`` when the consumer goes away.
-- LoRA adapters: every request in a forward pass sees the same weights, so requests are *grouped
-  per adapter* (``accelerate_admit.Admission``): one adapter's requests batch together; a request
-  for another adapter waits until the running group drains, then its group runs.
+- LoRA adapters: requests for the base model and plain LoRA adapters share forward passes, each
+  token with its own adapter (``accelerate_multilora``: PEFT's mixed batch); adapters PEFT cannot
+  mix (DoRA), or all adapters when the manager replays CUDA graphs, are *grouped per adapter*
+  (``accelerate_admit.Admission``): a request for another group waits until the running group
+  drains, then its group runs.
+- a lone request on CPU runs as ``generate`` and hands over to the manager when another arrives
+  (``accelerate_solo``).
 - anything else a request asks for that the manager cannot honour (a seed for sampled output —
   the manager has one random generator for all requests — and any GenerationJob field this module
   does not know, such as logprobs or penalties) runs on the static path: once the manager is idle
