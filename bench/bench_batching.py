@@ -68,16 +68,18 @@ async def _one(session, url: str, body: dict) -> tuple[float, float, int]:
     return time.perf_counter() - t0, (first or time.perf_counter()) - t0, count
 
 
-async def _load(url: str, model: str, stream: bool, concurrency: int, n: int) -> tuple[list, float]:
+async def _load(url: str, model: str | tuple, stream: bool, concurrency: int, n: int) -> tuple[list, float]:
+    """(per-request results, wall time); with several models, request i goes to model i mod len."""
     import aiohttp
 
+    models = (model,) if isinstance(model, str) else model
     todo = list(range(n))
     out: list = []
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
         async def worker():
             while todo:
                 i = todo.pop(0)
-                out.append(await _one(session, url, _body(i, model, stream)))
+                out.append(await _one(session, url, _body(i, models[i % len(models)], stream)))
 
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -164,7 +166,8 @@ def measure_adapters(model_dir: Path, work: Path) -> dict:
             for stream in (False, True):
                 for mix, models in ADAPTER_MIXES.items():
                     for name in (list(servers) if r % 2 == 0 else list(servers)[::-1]):
-                        lat, wall = asyncio.run(_load_mix(f"http://127.0.0.1:{servers[name][0]}", models, stream))
+                        url = f"http://127.0.0.1:{servers[name][0]}"
+                        lat, wall = asyncio.run(_load(url, models, stream, 8, ADAPTER_REQUESTS))
                         slot = results.setdefault((stream, mix), {}).setdefault(name, {"lat": [], "wall": 0.0})
                         slot["lat"] += lat
                         slot["wall"] += wall
@@ -172,22 +175,6 @@ def measure_adapters(model_dir: Path, work: Path) -> dict:
         for _, proc in servers.values():
             _stop(proc)
     return results
-
-
-async def _load_mix(url: str, models: tuple, stream: bool) -> tuple[list, float]:
-    import aiohttp
-
-    todo = list(range(ADAPTER_REQUESTS))
-    out: list = []
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
-        async def worker():
-            while todo:
-                i = todo.pop(0)
-                out.append(await _one(session, url, _body(i, models[i % len(models)], stream)))
-
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(8)))
-        return out, time.perf_counter() - t0
 
 
 def _adapter_table(results: dict) -> list[str]:
