@@ -168,6 +168,28 @@ def test_a_client_that_leaves_a_solo_request_frees_the_model(files):
     # waits for the abandoned generate() (whose end restores paged attention) before it happens
     seeded = {"max_tokens": 8, "temperature": 0.9, "seed": 3}
     assert asyncio.run(leave(seeded))[0] == asyncio.run(_run(cb, PROMPTS[5], **seeded))[0]
+
+    failures, run_static = [], cb._run
+
+    def recorded(job, streamer):  # the static path's generate(), failures noted
+        try:
+            run_static(job, streamer)
+        except Exception as exc:
+            failures.append(exc)
+            raise
+    cb._run = recorded
+
+    async def leave_static():  # the other way: a static request left mid-way, then the manager's turn
+        from modelyard.runtime.server.engine import GenerationJob
+
+        gen = cb.stream(GenerationJob(prompt_ids=cb.encode_prompt(PROMPTS[0]), max_tokens=1500, temperature=0,
+                                      logprobs=1))  # logprobs: the static path
+        await gen.__anext__()
+        await gen.aclose()
+        return await _run(cb, PROMPTS[5], max_tokens=8)
+
+    assert asyncio.run(leave_static())[0] == expected[0]
+    assert not failures  # its generate() stopped before the model went back to paged attention
     cb._cb.close()
 
 

@@ -261,6 +261,7 @@ class AccelerateEngine:
                 for w in batch:
                     if w.streamer is not None:
                         w.streamer.finish()
+                self._work.done()
 
     def _run(self, job: GenerationJob, streamer) -> None:
         import torch

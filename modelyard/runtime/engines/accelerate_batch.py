@@ -45,6 +45,16 @@ class WorkQueue:
     def __init__(self):
         self._items: collections.deque[Work] = collections.deque()
         self._cv = threading.Condition()
+        self._running = 0  # batches taken and not yet done()
+
+    def idle(self) -> bool:
+        """Nothing queued and nothing running on the generation thread."""
+        with self._cv:
+            return not self._items and self._running == 0
+
+    def done(self) -> None:
+        with self._cv:
+            self._running -= 1
 
     def put(self, work: Work) -> None:
         with self._cv:
@@ -62,6 +72,7 @@ class WorkQueue:
                 item = self._items.popleft()
                 (batch if item.key == first.key else skipped).append(item)
             self._items.extendleft(reversed(skipped))
+            self._running += 1
             return batch
 
 

@@ -277,11 +277,13 @@ class ContinuousBatcher:
 
     def _wait_idle(self, timeout: float = 120) -> None:
         """Until the manager has nothing queued or scheduled (then its thread runs no forward pass: a
-        request leaves the scheduler only after its last forward) and no solo ``generate`` runs.
+        request leaves the scheduler only after its last forward) and the engine's generation thread
+        runs nothing (a solo or static ``generate`` whose client left stops at its next token).
         Nothing is admitted meanwhile; this waits at most for a cancelled request's last step."""
         m, deadline = self.manager, time.monotonic() + timeout
         while (not m.input_queue.empty() or not m.cancel_queue.empty()
-               or m.batch_processor.scheduler.has_pending_requests() or self._solo is not None):
+               or m.batch_processor.scheduler.has_pending_requests() or self._solo is not None
+               or not self.engine._work.idle()):
             if time.monotonic() > deadline:
                 raise RuntimeError("the continuous-batching manager did not go idle")
             time.sleep(0.001)
