@@ -97,7 +97,7 @@ def cb_config(model):
     block = 32
     return ContinuousBatchingConfig(per_request_processors=True, use_async_batching=False, block_size=block,
                                     num_blocks=max(16, CPU_KV_CACHE_BYTES // (per_token * block)),
-                                    max_batch_tokens=CPU_MAX_BATCH_TOKENS)
+                                    max_batch_tokens=CPU_MAX_BATCH_TOKENS, use_cuda_graph=False)
 
 
 def _generation_config(model, eos: list[int]):
