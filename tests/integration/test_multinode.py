@@ -47,8 +47,10 @@ def test_group_waits_for_the_lws_crd_then_runs_on_it(k8s, namespace, operator):
     assert lws["spec"]["leaderWorkerTemplate"]["size"] == 2
     svc = k8s.get("Service", namespace, "big")
     assert svc["spec"]["selector"]["leaderworkerset.sigs.k8s.io/worker-index"] == "0"
+    # the operator creates the group, then writes the Model's status: wait for that write
+    k8s.wait_for(lambda: k8s.get("Model", namespace, "big")["status"]["phase"] == "Deploying", 30, message="Deploying")
     status = k8s.get("Model", namespace, "big")["status"]
-    assert status["layout"] == "2 × 8 GPUs, TP 8 × PP 2" and status["nodes"] == 2 and status["phase"] == "Deploying"
+    assert status["layout"] == "2 × 8 GPUs, TP 8 × PP 2" and status["nodes"] == 2
     assert condition(k8s.get("Model", namespace, "big"), "Degraded")["status"] == "False"
 
     # what the LWS controller reports once the group's pods are ready
