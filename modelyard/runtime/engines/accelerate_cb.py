@@ -344,7 +344,7 @@ class ContinuousBatcher:
             if not run.done(job, self.eos, solo):
                 async for piece in self._managed(job, run):
                     yield Delta(piece)
-            if run.text.stopped:
+            if run.text.stopped and run.rid:  # a stop string matched in the manager: leave its batch
                 self._cancel(run.rid)
             run.text.finish()
             for piece in run.text.drain():
