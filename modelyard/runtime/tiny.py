@@ -88,15 +88,17 @@ def make_tiny_llama(path: str | Path, seed: int = 0, dtype: str = "float32", **o
     return path
 
 
-def make_tiny_adapter(base: str | Path, out: str | Path, seed: int, targets=("q_proj", "v_proj"), r: int = 8) -> Path:
-    """Write a LoRA adapter with random (non-zero) weights for the model at ``base``; return ``out``."""
+def make_tiny_adapter(base: str | Path, out: str | Path, seed: int, targets=("q_proj", "v_proj"), r: int = 8,
+                      **lora) -> Path:
+    """Write a LoRA adapter with random (non-zero) weights for the model at ``base``; return ``out``.
+    ``lora``: more ``LoraConfig`` settings (e.g. ``use_dora=True``)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(str(base))
-    peft = get_peft_model(model, LoraConfig(init_lora_weights=False, r=r, target_modules=list(targets)))
+    peft = get_peft_model(model, LoraConfig(init_lora_weights=False, r=r, target_modules=list(targets), **lora))
     peft.save_pretrained(str(out))
     return Path(out)
 

@@ -193,25 +193,13 @@ def test_a_client_that_leaves_a_solo_request_frees_the_model(files):
     cb._cb.close()
 
 
-def _dora_adapter(base, out):
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(4)
-    model = AutoModelForCausalLM.from_pretrained(str(base))
-    get_peft_model(model, LoraConfig(init_lora_weights=False, r=4, use_dora=True,
-                                     target_modules=["q_proj", "v_proj"])).save_pretrained(str(out))
-    return out
-
-
 def test_requests_for_different_adapters_share_forward_passes(files):
     """Base-model and LoRA requests run in the same forward passes (each token with its own adapter,
     through PEFT's mixed batch) and answer what they answer alone; a DoRA adapter, which PEFT cannot
     mix, keeps its own group and still answers right."""
     from modelyard.runtime.engines import accelerate_multilora as multilora
 
-    dora = _dora_adapter(files["base"], files["root"] / "dora")
+    dora = make_adapter(files["base"], files["root"] / "dora", seed=4, r=4, use_dora=True)
     cb = _engine(files["base"], "auto", {"sql": str(files["sql"]), "chat": str(files["chat"]), "dora": str(dora)})
     batcher = cb._cb
     assert batcher.mix_reason is None  # no CUDA graphs in a CPU manager

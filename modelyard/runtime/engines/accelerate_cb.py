@@ -256,8 +256,7 @@ class ContinuousBatcher:
             if out[0]:
                 self.engine.on_batch(len(out[0]))
                 if self.token_adapters is not None:  # which adapter each packed token of this pass uses
-                    self.token_adapters.plan(out[0]) if self.admission.current is multilora.MIXED \
-                        else self.token_adapters.clear()
+                    self.token_adapters.plan(out[0] if self.admission.current is multilora.MIXED else None)
             return out
         scheduler.schedule_batch = counted
 
@@ -266,8 +265,8 @@ class ContinuousBatcher:
         self._wait_idle()
         m = self.manager
         if new is STATIC:  # give the model back as loaded: its own attention, adapter layers on
-            if m._original_attn_impl is not None:
-                m.model.set_attn_implementation(m._original_attn_impl)
+            if self.static_attn is not None:
+                m.model.set_attn_implementation(self.static_attn)
             if self.engine._adapters:
                 self.engine.model.base_model.enable_adapter_layers()
             return
@@ -280,10 +279,8 @@ class ContinuousBatcher:
         request leaves the scheduler only after its last forward) and the engine's generation thread
         runs nothing (a solo or static ``generate`` whose client left stops at its next token).
         Nothing is admitted meanwhile; this waits at most for a cancelled request's last step."""
-        m, deadline = self.manager, time.monotonic() + timeout
-        while (not m.input_queue.empty() or not m.cancel_queue.empty()
-               or m.batch_processor.scheduler.has_pending_requests() or self._solo is not None
-               or not self.engine._work.idle()):
+        deadline = time.monotonic() + timeout
+        while self._manager_busy() or self._solo is not None or not self.engine._work.idle():
             if time.monotonic() > deadline:
                 raise RuntimeError("the continuous-batching manager did not go idle")
             time.sleep(0.001)
@@ -293,6 +290,11 @@ class ContinuousBatcher:
         if self.mix_reason is None and multilora.mixable(self.engine.model, adapter):
             return multilora.MIXED
         return adapter
+
+    def _manager_busy(self) -> bool:
+        m = self.manager
+        return (not m.input_queue.empty() or not m.cancel_queue.empty()
+                or m.batch_processor.scheduler.has_pending_requests())
 
     def _select(self, adapter) -> None:
         if not self.engine._adapters:
@@ -384,8 +386,7 @@ class ContinuousBatcher:
         finally:
             if not finished:  # the consumer went away (or failed): free the batch slot now
                 self._cancel(run.rid)
-                self.engine.on_abandoned(job.adapter or self.engine.served_model_name,
-                                         len(job.prompt_ids), len(text.ids))
+                self._abandoned(job, run)
             if self.token_adapters is not None:
                 self.token_adapters.by_request.pop(run.rid, None)
 
@@ -394,10 +395,8 @@ class ContinuousBatcher:
         """A Solo when this request is the only one of its group and the manager is idle, else None."""
         if not self.solo_enabled:
             return None
-        m = self.manager
         with self._solo_lock:
-            if (self._solo is not None or not self.admission.alone() or not m.input_queue.empty()
-                    or m.batch_processor.scheduler.has_pending_requests()):
+            if self._solo is not None or not self.admission.alone() or self._manager_busy():
                 return None
             self._solo = Solo()
             return self._solo
@@ -425,8 +424,7 @@ class ContinuousBatcher:
             run.times, run.first = streamer.times, streamer.times[0] if streamer.times else None
             if not finished:  # the consumer went away (or generate failed): stop at the next token
                 solo.halt = True
-                self.engine.on_abandoned(job.adapter or self.engine.served_model_name,
-                                         len(job.prompt_ids), len(run.text.ids))
+                self._abandoned(job, run)
         if solo.stop.is_set() and not run.done(job, self.eos, solo):
             self.handovers += 1
 
@@ -456,6 +454,10 @@ class ContinuousBatcher:
                 self._solo = None
             solo.ended()
             streamer.close()
+
+    def _abandoned(self, job: GenerationJob, run: _Run) -> None:
+        """Count what was computed for a request whose consumer went away."""
+        self.engine.on_abandoned(job.adapter or self.engine.served_model_name, len(job.prompt_ids), len(run.text.ids))
 
     def _cancel(self, rid: str) -> None:
         self.manager.cancel_request(rid)

@@ -51,7 +51,6 @@ class TokenAdapters:
     def __init__(self, peft_model):
         self.by_request: dict[str, str] = {}   # manager request id -> adapter name (BASE for none)
         self._local = threading.local()         # the names of the pass being run, on the manager's thread
-        self.hooked = 0
         self.mixed_passes = 0                   # passes that ran more than one adapter (or base + adapters)
         self.refresh(peft_model)
 
@@ -64,19 +63,19 @@ class TokenAdapters:
                 layer.register_forward_pre_hook(self._pre, with_kwargs=True)
                 layer.register_forward_hook(self._post, with_kwargs=True)
                 layer._modelyard_token_adapters = True
-                self.hooked += 1
 
     def plan(self, requests_in_batch) -> None:
-        """On the manager's thread, with the requests of the pass it is about to run (packed order)."""
+        """On the manager's thread, with the requests of the pass it is about to run (packed order);
+        None: the pass runs one adapter group, PEFT as it is."""
+        if requests_in_batch is None:
+            self._local.names = None
+            return
         names: list[str] = []
         for r in requests_in_batch:
             names.extend([self.by_request.get(r.state.request_id, BASE)] * r.query_length)
         self._local.names = names
         if names and names.count(names[0]) != len(names):
             self.mixed_passes += 1
-
-    def clear(self) -> None:
-        self._local.names = None
 
     def _pre(self, module, args, kwargs):
         names = getattr(self._local, "names", None)
